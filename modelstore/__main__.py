@@ -1,0 +1,3 @@
+from modelstore.cli import main
+
+main()

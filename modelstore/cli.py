@@ -1,0 +1,313 @@
+"""The `modelstore` command line: parse, call the Store, render. Nothing else lives here.
+
+Errors from the library (ModelstoreError) become one line on stderr and their exit code;
+usage errors are Typer's (exit 2). Heavy modules are imported inside commands so that
+`modelstore --version` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+__all__ = ["app", "main"]
+
+VERSION = "0.1.0"
+
+app = typer.Typer(
+    name="modelstore",
+    help="A database for model versions: commit, log, show, checkout, diff, query.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+_state: dict = {"store": None}
+
+
+def _version(value: bool):
+    if value:
+        print(f"modelstore {VERSION}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    store: Annotated[Optional[Path], typer.Option("--store", help="Store directory (default: $MODELSTORE_DIR, else the nearest .modelstore/).")] = None,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+):
+    _state["store"] = store
+
+
+def _open():
+    from modelstore.store import Store
+
+    return Store.open(_state["store"])
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+def _emit_json(doc) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+
+
+def _size(n) -> str:
+    n = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def _progress(total: int, label: str):
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    prog = Progress(TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    console=_console(stderr=True), transient=True, disable=not sys.stderr.isatty())
+    return prog, prog.add_task(label, total=total)
+
+
+def _parse_kv(items: list[str] | None, what: str) -> dict[str, str]:
+    from modelstore.errors import InvalidInputError
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise InvalidInputError(f"{what} {item!r} is not KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
+# -- commands -------------------------------------------------------------------------
+@app.command()
+def init(
+    path: Annotated[Optional[Path], typer.Argument(help="Directory to create (default: ./.modelstore, or --store).")] = None,
+    chunk_size: Annotated[Optional[int], typer.Option(help="Target raw bytes per chunk (default 4 MiB).")] = None,
+):
+    """Create a new, empty store."""
+    from modelstore.config import DIRNAME
+    from modelstore.store import Store
+
+    target = path or _state["store"] or os.environ.get("MODELSTORE_DIR") or Path.cwd() / DIRNAME
+    s = Store.init(target, chunk_target_bytes=chunk_size)
+    s.close()
+    print(f"Initialized empty modelstore in {Path(target).resolve()}")
+
+
+@app.command()
+def commit(
+    path: Annotated[Path, typer.Argument(help="Checkpoint: .safetensors, HF folder, .npz, .pt/.pth/.bin.")],
+    model: Annotated[str, typer.Option("--model", help="Model name (the version line to extend).")],
+    message: Annotated[str, typer.Option("-m", "--message", help="Commit message.")] = "",
+    meta: Annotated[Optional[list[str]], typer.Option("--meta", help="KEY=VALUE metadata (repeatable).")] = None,
+    parent: Annotated[Optional[list[str]], typer.Option("--parent", help="Parent REF (default: the model's latest version).")] = None,
+    author: Annotated[Optional[str], typer.Option(help="Author (default: $MODELSTORE_AUTHOR or the user name).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the new version as JSON.")] = False,
+):
+    """Store a checkpoint as the next version of a model."""
+    from modelstore.errors import NotFoundError
+
+    if not path.exists():
+        raise NotFoundError(f"{path}: no such file or directory")
+    with _open() as s:
+        total = sum(f.stat().st_size for f in ([path] if path.is_file() else path.rglob("*")) if f.is_file())
+        prog, task = _progress(total, "commit")
+        with prog:
+            info = s.commit(path, model=model, message=message, meta=_parse_kv(meta, "--meta"),
+                            parent=parent or None, author=author,
+                            progress=lambda n: prog.advance(task, n))
+    if as_json:
+        _emit_json(info.to_dict())
+    else:
+        print(f"{info.ref} {info.content_id[:12]}  {_size(info.size)} ({_size(info.stored)} new)  {info.message}")
+
+
+@app.command()
+def log(
+    model: Annotated[Optional[str], typer.Argument(help="Model name (default: every model).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+):
+    """List versions: number, content id, size, new bytes stored, author, message."""
+    from rich.table import Table
+
+    with _open() as s:
+        versions = s.log(model)
+    if as_json:
+        _emit_json([v.to_dict() for v in versions])
+        return
+    table = Table(box=None)
+    for col in ("ref", "content id", "created", "size", "new", "author", "message"):
+        table.add_column(col, justify="right" if col in ("size", "new") else "left")
+    for v in versions:
+        table.add_row(v.ref, v.content_id[:12], v.created, _size(v.size), _size(v.stored), v.author, v.message)
+    _console().print(table)
+
+
+@app.command()
+def show(
+    ref: Annotated[str, typer.Argument(help="REF: MODEL, MODEL@N, MODEL@TAG, content-id prefix, or a model file.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+):
+    """Metadata, tensors and lineage of one version (or of a model file)."""
+    from rich.table import Table
+
+    if Path(ref).exists() and not _looks_like_ref_in_store(ref):
+        doc = _show_file(Path(ref))
+    else:
+        with _open() as s:
+            doc = s.show(ref)
+    if as_json:
+        _emit_json(doc)
+        return
+    con = _console()
+    if "ref" in doc:
+        con.print(f"[bold]{doc['ref']}[/bold]  content {doc['content_id']}")
+        con.print(f"created {doc['created']} by {doc['author']}  format {doc['format']}")
+        con.print(f"size {_size(doc['size'])} ({_size(doc['stored'])} new)  params {doc['params']:,}  "
+                  f"tensors {doc['n_tensors']}  dtype {doc['dtype']}")
+        if doc["message"]:
+            con.print(f"message: {doc['message']}")
+        con.print(f"parents: {', '.join(doc['parents']) or '-'}   children: {', '.join(doc['children']) or '-'}")
+        for k, v in doc["meta"].items():
+            con.print(f"  {k} = {v}")
+    else:
+        con.print(f"[bold]{doc['path']}[/bold]  format {doc['format']}  size {_size(doc['size'])}  "
+                  f"params {doc['params']:,}  tensors {len(doc['tensors'])}")
+    table = Table(box=None)
+    for col in ("tensor", "dtype", "shape", "bytes"):
+        table.add_column(col, justify="right" if col == "bytes" else "left")
+    for t in doc["tensors"]:
+        table.add_row(t["name"], t["dtype"], str(tuple(t["shape"])), _size(t["bytes"]))
+    con.print(table)
+
+
+def _looks_like_ref_in_store(ref: str) -> bool:
+    return "@" in ref and not Path(ref).suffix
+
+
+def _show_file(path: Path) -> dict:
+    import math
+
+    from modelstore.formats import open_model
+
+    with open_model(path) as src:
+        tensors = [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "bytes": t.nbytes} for t in src.tensors]
+        fmt, metadata = src.format, dict(src.metadata)
+    return {"path": str(path), "format": fmt, "metadata": metadata, "tensors": tensors,
+            "size": sum(t["bytes"] for t in tensors), "params": sum(math.prod(t["shape"]) for t in tensors)}
+
+
+@app.command()
+def checkout(
+    ref: Annotated[str, typer.Argument(help="REF of the version to write out.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output file (.safetensors, .npz, .pt).")],
+    fmt: Annotated[Optional[str], typer.Option("--format", help="safetensors | npz | pt (default: from the suffix).")] = None,
+):
+    """Write a version to a model file, bit-exact."""
+    with _open() as s:
+        info = s.resolve(ref)
+        s.checkout(info.ref, output, fmt=fmt)
+    print(f"{info.ref} -> {output} ({_size(info.size)})")
+
+
+@app.command()
+def stats(as_json: Annotated[bool, typer.Option("--json")] = False):
+    """Logical bytes, stored bytes, dedup and compression ratios."""
+    with _open() as s:
+        doc = s.stats()
+    if as_json:
+        _emit_json(doc)
+        return
+    con = _console()
+    con.print(f"models {doc['models']}  versions {doc['versions']}  chunks {doc['chunks']}")
+    con.print(f"logical {_size(doc['logical_bytes'])}  unique {_size(doc['unique_bytes'])}  "
+              f"stored {_size(doc['stored_bytes'])}  on disk {_size(doc['pack_bytes'] + doc['index_bytes'] + doc['catalog_bytes'])}")
+    con.print(f"dedup {doc['dedup_ratio']:.2f}x  compression {doc['compression_ratio']:.2f}x  "
+              f"stored/logical {doc['stored_over_logical']:.3f}")
+    for enc, e in doc["encodings"].items():
+        con.print(f"  {enc:8s} {e['records']:>8} records  raw {_size(e['raw_bytes'])}  stored {_size(e['stored_bytes'])}")
+
+
+@app.command()
+def fsck(
+    quick: Annotated[bool, typer.Option("--quick", help="Check references only; do not re-hash chunk data.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+):
+    """Re-hash every chunk and check every reference; exit 1 on damage."""
+    with _open() as s:
+        doc = s.fsck(verify_data=not quick)
+    if as_json:
+        _emit_json(doc)
+    else:
+        for p in doc["problems"]:
+            print(f"error: {p}")
+        print(f"{doc['versions']} versions, {doc['chunks']} chunks, {doc['chunks_verified']} verified "
+              f"({_size(doc['bytes_verified'])}); {doc['unreferenced_chunks']} unreferenced chunks "
+              f"({_size(doc['unreferenced_bytes'])}), {doc['unreferenced_manifests']} unreferenced manifests")
+        print("ok" if doc["ok"] else f"{len(doc['problems'])} problem(s) found")
+    if not doc["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def gc(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report what would be removed.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+):
+    """Remove chunks and manifests no version references; compact pack files."""
+    from modelstore.gc import gc as run_gc
+
+    with _open() as s:
+        doc = run_gc(s, dry_run=dry_run)
+    if as_json:
+        _emit_json(doc)
+    else:
+        verb = "would remove" if dry_run else "removed"
+        print(f"{verb} {doc['chunks_removed']} chunks and {doc['manifests_removed']} manifests; "
+              f"{_size(doc['bytes_freed'])} freed")
+
+
+@app.command()
+def models(as_json: Annotated[bool, typer.Option("--json")] = False):
+    """List models and their number of versions."""
+    with _open() as s:
+        rows = s.models()
+    if as_json:
+        _emit_json([{"model": m, "versions": n} for m, n in rows])
+    else:
+        for m, n in rows:
+            print(f"{m}\t{n}")
+
+
+def main() -> None:
+    """Console entry point: run the app, turning library errors into one stderr line."""
+    from modelstore.errors import ModelstoreError
+
+    try:
+        app()
+    except ModelstoreError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    except OSError as exc:
+        sys.stderr.write(f"error: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}\n")
+        sys.exit(1)
+    except Exception as exc:  # a bug: one line unless debugging
+        if os.environ.get("MODELSTORE_DEBUG"):
+            raise
+        sys.stderr.write(f"internal error: {type(exc).__name__}: {exc} (set MODELSTORE_DEBUG=1 for a traceback)\n")
+        sys.exit(4)

@@ -1,0 +1,223 @@
+"""Pack files: append-only files holding chunk records back to back.
+
+One file per chunk would cost an fsync each (~4 ms); packs take one fsync per commit.
+A writer holds an exclusive flock on the pack it appends to, so concurrent commits never
+interleave within a file. Bytes past the last indexed record (a crashed append) are
+garbage that `gc` reclaims; readers only follow offsets found in the index.
+See docs/FORMAT.md §3 for the byte layout.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import queue
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelstore.errors import IntegrityError
+
+FILE_MAGIC = b"MSPACK01"
+FILE_HEADER = FILE_MAGIC + bytes(8)
+REC_MAGIC = b"MSRC"
+REC_HEADER = struct.Struct("<4s16sB3xQQ16s")  # magic, id, encoding, raw_len, stored_len, base
+NO_BASE = bytes(16)
+MAX_PACK_BYTES = 1 << 30
+
+
+def pack_path(packs_dir: Path, number: int) -> Path:
+    return packs_dir / f"{number:08x}.pack"
+
+
+def list_packs(packs_dir: Path) -> dict[int, Path]:
+    out = {}
+    for p in packs_dir.glob("*.pack"):
+        try:
+            out[int(p.stem, 16)] = p
+        except ValueError:
+            continue
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    pack: int
+    offset: int  # of the record header
+
+
+def _write_all(fd: int, data) -> None:
+    mv = memoryview(data).cast("B")
+    while mv.nbytes:
+        n = os.write(fd, mv)
+        mv = mv[n:]
+
+
+class PackWriter:
+    """Appends records to a locked pack; a background thread does the file writes."""
+
+    def __init__(self, packs_dir: Path, max_bytes: int = MAX_PACK_BYTES, queue_depth: int = 4, reuse: bool = True):
+        self.reuse = reuse
+        self.packs_dir = packs_dir
+        self.max_bytes = max_bytes
+        self._fd = -1
+        self._number = -1
+        self._pos = 0
+        self._written: list[int] = []  # fds to fsync at finish, in order
+        self._used: set[int] = set()
+        self._new_files = False
+        self._q: queue.Queue = queue.Queue(maxsize=queue_depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="pack-writer", daemon=True)
+        self._thread.start()
+
+    # -- choosing a pack -------------------------------------------------------------
+    def _open_pack(self) -> None:
+        existing = list_packs(self.packs_dir)
+        for number, path in sorted(existing.items()) if self.reuse else ():
+            if path.stat().st_size >= self.max_bytes // 2 or number in self._used:
+                continue
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            self._use(fd, number, os.lseek(fd, 0, os.SEEK_END))
+            return
+        number = max(existing, default=-1) + 1
+        while True:
+            try:
+                fd = os.open(pack_path(self.packs_dir, number), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                break
+            except FileExistsError:
+                number += 1
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._new_files = True
+        self._use(fd, number, 0)
+
+    def _use(self, fd: int, number: int, pos: int) -> None:
+        self._fd, self._number, self._pos = fd, number, pos
+        self._used.add(number)
+        self._written.append(fd)
+        if pos == 0:
+            self._q.put((fd, FILE_HEADER))
+            self._pos = len(FILE_HEADER)
+
+    # -- public ----------------------------------------------------------------------
+    def append(self, cid: bytes, encoding: int, raw_len: int, payload, base: bytes = NO_BASE) -> Location:
+        """Queue one record; returns where it will live once `finish()` has returned."""
+        if self._error is not None:
+            raise self._error
+        size = REC_HEADER.size + len(payload)
+        if self._fd < 0 or (self._pos > len(FILE_HEADER) and self._pos + size > self.max_bytes):
+            self._open_pack()
+        loc = Location(self._number, self._pos)
+        header = REC_HEADER.pack(REC_MAGIC, cid, encoding, raw_len, len(payload), base)
+        self._q.put((self._fd, header))
+        self._q.put((self._fd, payload))
+        self._pos += size
+        return loc
+
+    def finish(self) -> None:
+        """Wait for every queued write, fsync each pack touched, release the locks."""
+        self._q.put(None)
+        self._thread.join()
+        try:
+            if self._error is not None:
+                raise self._error
+            for fd in self._written:
+                os.fsync(fd)
+            if self._new_files:
+                dfd = os.open(self.packs_dir, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        finally:
+            self._close()
+
+    def abort(self) -> None:
+        self._q.put(None)
+        self._thread.join()
+        self._close()
+
+    def _close(self) -> None:
+        for fd in self._written:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._written.clear()
+        self._fd = -1
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue
+            fd, data = item
+            try:
+                _write_all(fd, data)
+            except BaseException as exc:  # surfaced to the caller by append/finish
+                self._error = exc
+
+
+class PackReader:
+    """Reads records by location with pread; thread-safe; file handles are cached."""
+
+    def __init__(self, packs_dir: Path):
+        self.packs_dir = packs_dir
+        self._fds: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def _fd(self, pack: int) -> int:
+        fd = self._fds.get(pack)
+        if fd is None:
+            with self._lock:
+                fd = self._fds.get(pack)
+                if fd is None:
+                    try:
+                        fd = os.open(pack_path(self.packs_dir, pack), os.O_RDONLY)
+                    except FileNotFoundError:
+                        raise IntegrityError(f"pack {pack:08x} is missing (run `modelstore fsck`)") from None
+                    self._fds[pack] = fd
+        return fd
+
+    def read(self, cid: bytes, loc: Location, stored_len: int) -> tuple[int, int, bytes, memoryview]:
+        """Return (encoding, raw_len, base, payload) of the record for `cid` at `loc`."""
+        size = REC_HEADER.size + stored_len
+        buf = os.pread(self._fd(loc.pack), size, loc.offset)
+        if len(buf) != size:
+            raise IntegrityError(f"chunk {cid.hex()}: pack {loc.pack:08x} is truncated")
+        magic, rid, encoding, raw_len, slen, base = REC_HEADER.unpack_from(buf)
+        if magic != REC_MAGIC or rid != cid or slen != stored_len:
+            raise IntegrityError(f"chunk {cid.hex()}: record header in pack {loc.pack:08x} does not match the index")
+        return encoding, raw_len, base, memoryview(buf)[REC_HEADER.size :]
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+
+def scan(path: Path):
+    """Yield (offset, id, encoding, raw_len, stored_len, base) for each well-formed record."""
+    with open(path, "rb") as f:
+        if f.read(len(FILE_HEADER))[:8] != FILE_MAGIC:
+            return
+        offset = len(FILE_HEADER)
+        while True:
+            head = f.read(REC_HEADER.size)
+            if len(head) < REC_HEADER.size:
+                return
+            magic, cid, enc, raw_len, slen, base = REC_HEADER.unpack(head)
+            if magic != REC_MAGIC:
+                return
+            yield offset, cid, enc, raw_len, slen, base
+            f.seek(slen, os.SEEK_CUR)
+            offset += REC_HEADER.size + slen

@@ -1,0 +1,138 @@
+"""The Store facade: one object owning the chunk index, packs and catalog of a store.
+
+CLI and HTTP layers only call these methods; errors are ModelstoreError subclasses.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from modelstore import config as cfg
+from modelstore.catalog import Catalog, VersionInfo
+from modelstore.chunkindex import ChunkIndex
+from modelstore.errors import FormatError, NotFoundError
+from modelstore.manifest import Manifest
+from modelstore.packs import PackReader
+
+
+class Store:
+    def __init__(self, root: Path, *, readonly: bool = False):
+        self.root = Path(root)
+        self.layout = cfg.Layout(self.root)
+        self.config = cfg.read(self.root)
+        self.readonly = readonly
+        self.index = ChunkIndex(self.layout.index, readonly=False)
+        self.packs = PackReader(self.layout.packs)
+        self.catalog = Catalog(self.layout.catalog)
+
+    # -- lifecycle -------------------------------------------------------------------
+    @classmethod
+    def init(cls, path: str | os.PathLike, chunk_target_bytes: int | None = None) -> "Store":
+        """Create a new, empty store at `path` (a directory; created if needed)."""
+        cfg.write_new(Path(path), chunk_target_bytes)
+        return cls(Path(path))
+
+    @classmethod
+    def open(cls, path: str | os.PathLike | None = None) -> "Store":
+        """Open an existing store (path, else $MODELSTORE_DIR, else the nearest .modelstore/)."""
+        return cls(cfg.locate(path))
+
+    def close(self) -> None:
+        self.packs.close()
+        self.index.close()
+        self.catalog.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- write -----------------------------------------------------------------------
+    def commit(self, tensors_or_path, *, model: str, message: str = "", meta: dict | None = None,
+               parent=None, author: str | None = None, progress=None) -> VersionInfo:
+        """Store a checkpoint as the next version of `model`; returns its VersionInfo."""
+        from modelstore.commit import commit
+
+        return commit(self, tensors_or_path, model=model, message=message, meta=meta, parent=parent,
+                      author=author, progress=progress)
+
+    # -- read ------------------------------------------------------------------------
+    def resolve(self, ref: str) -> VersionInfo:
+        return self.catalog.resolve(ref)
+
+    def manifest(self, ref: str | VersionInfo) -> Manifest:
+        info = ref if isinstance(ref, VersionInfo) else self.resolve(ref)
+        raw = self.index.get_manifest_bytes(bytes.fromhex(info.content_id))
+        if raw is None:
+            raise FormatError(f"{info.ref}: manifest {info.content_id} is missing (run `modelstore fsck`)")
+        return Manifest.from_json(raw)
+
+    def load(self, ref: str, names=None) -> dict:
+        """Every tensor of a version (or only `names`) as numpy arrays, bit-exact."""
+        from modelstore.checkout import load
+
+        m = self.manifest(ref)
+        if names is not None:
+            missing = [n for n in names if n not in m.by_name()]
+            if missing:
+                raise NotFoundError(f"{ref}: no tensor named {missing[0]!r}")
+        return load(self, m, names)
+
+    def checkout(self, ref: str, path: str | os.PathLike, fmt: str | None = None) -> Path:
+        """Write a version to a model file (format from the suffix unless `fmt`)."""
+        from modelstore.checkout import write_file
+        from modelstore.formats import format_for_path
+
+        path = Path(path)
+        fmt = fmt or format_for_path(path)
+        write_file(self, self.manifest(ref), path, fmt)
+        return path
+
+    def log(self, model: str | None = None) -> list[VersionInfo]:
+        if model is None:
+            out = []
+            for name, _ in self.catalog.models():
+                out.extend(self.catalog.log(name))
+            return out
+        return self.catalog.log(model)
+
+    def models(self) -> list[tuple[str, int]]:
+        return self.catalog.models()
+
+    def show(self, ref: str) -> dict:
+        info = self.resolve(ref)
+        m = self.manifest(info)
+        doc = info.to_dict()
+        doc["children"] = [c.ref for c in self.catalog.children(info.id)]
+        doc["tensors"] = [
+            {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "bytes": t.nbytes, "chunks": len(t.chunks),
+             "l2": t.stats.l2, "min": t.stats.min, "max": t.stats.max, "mean": t.stats.mean,
+             "nan": t.stats.n_nan, "inf": t.stats.n_inf}
+            for t in m.tensors
+        ]
+        return doc
+
+    def zarr(self, ref: str):
+        """A read-only zarr v3 Store over one version (see docs/FORMAT.md §8)."""
+        from modelstore.zarr_view import VersionZarrStore
+
+        return VersionZarrStore(self, self.manifest(ref))
+
+    # -- maintenance -----------------------------------------------------------------
+    def stats(self) -> dict:
+        from modelstore.usage import storage_stats
+
+        return storage_stats(self)
+
+    def fsck(self, verify_data: bool = True) -> dict:
+        from modelstore.fsck import fsck
+
+        return fsck(self, verify_data=verify_data)
+
+    def gc(self) -> dict:
+        from modelstore.gc import gc
+
+        return gc(self)
+
