@@ -1,0 +1,271 @@
+"""Shared types and helpers of the model-file readers and writers.
+
+A reader turns a file (or an in-memory dict) into a :class:`ModelSource`: a list of
+:class:`TensorSource` whose raw bytes are produced lazily by :meth:`TensorSource.buffer`.
+A writer takes ``specs`` (``(name, dtype_name, shape)`` tuples) and a ``read_tensor(name)``
+callable yielding raw byte chunks, and streams them into a file through
+:func:`atomic_output` (temp file in the target's folder, fsync, ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from modelstore import dtypes
+from modelstore.errors import InternalError, InvalidInputError, NotFoundError
+
+Spec = tuple[str, str, tuple[int, ...]]
+ReadTensor = Callable[[str], Iterable[Any]]
+
+
+@dataclass(frozen=True)
+class TensorSource:
+    """One tensor of a model file; its bytes are read only when :meth:`buffer` is called."""
+
+    name: str
+    dtype: str  # our dtype name, e.g. "BF16"
+    shape: tuple[int, ...]
+    nbytes: int  # prod(shape) * itemsize
+    _reader: Callable[[], memoryview] = field(repr=False, compare=False)
+
+    def buffer(self) -> memoryview:
+        """Raw C-order little-endian bytes: a 1-D, format 'B', read-only memoryview of
+        length ``nbytes``. Zero-copy where the format allows (safetensors: an mmap slice).
+        May be called more than once; do not use it after the ModelSource is closed."""
+        view = self._reader()
+        if view.nbytes != self.nbytes:  # a reader bug, never the user's input
+            raise InternalError(
+                f"tensor {self.name!r}: reader produced {view.nbytes} bytes, expected {self.nbytes}"
+            )
+        return view
+
+    def array(self) -> np.ndarray:
+        """Convenience: the tensor as a read-only numpy array (ml_dtypes for BF16/F8)."""
+        return np.frombuffer(self.buffer(), dtype=dtypes.get(self.dtype).numpy).reshape(self.shape)
+
+
+class ModelSource:
+    """An opened model: ``format``, ``tensors`` (file order, unique names), ``metadata``.
+
+    Context manager; :meth:`close` releases mmaps and file handles (idempotent).
+    """
+
+    def __init__(
+        self,
+        format: str,
+        tensors: Sequence[TensorSource],
+        metadata: dict[str, str] | None = None,
+        *,
+        path: str | None = None,
+        closers: Sequence[Callable[[], None]] = (),
+    ) -> None:
+        self.format = format
+        self.tensors: list[TensorSource] = list(tensors)
+        self.metadata: dict[str, str] = dict(metadata or {})
+        self.path = path  # the file or folder opened; None for in-memory dicts
+        self._closers = list(closers)
+        self.closed = False
+        check_unique_names((t.name for t in self.tensors), path or "<arrays>")
+
+    def tensor(self, name: str) -> TensorSource:
+        """The tensor called ``name``; NotFoundError if there is none."""
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise NotFoundError(f"{self.path or '<arrays>'}: no tensor named {name!r}")
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        closers, self._closers = self._closers, []
+        for fn in reversed(closers):
+            fn()
+
+    def __enter__(self) -> ModelSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelSource(format={self.format!r}, path={self.path!r}, "
+            f"tensors={len(self.tensors)}, closed={self.closed})"
+        )
+
+
+class Holder:
+    """What a source's readers need (arrays, tensors, an open archive), keyed by name.
+
+    Cleared on close, so a buffer() call after close() fails loudly instead of
+    returning stale or freed memory.
+    """
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.items: dict[Any, Any] = {}
+
+    def get(self, key: Any) -> Any:
+        try:
+            return self.items[key]
+        except KeyError:
+            raise InternalError(
+                f"{self.where}: buffer() called after the model source was closed"
+            ) from None
+
+    def close(self) -> None:
+        self.items.clear()
+
+
+# ----------------------------------------------------------------------------- names
+
+
+def check_name(name: object, where: str) -> str:
+    """A tensor name: a non-empty str (any unicode otherwise; names are never used as paths)."""
+    if not isinstance(name, str):
+        raise InvalidInputError(
+            f"{where}: tensor name {name!r} is a {type(name).__name__}; names must be strings"
+        )
+    if not name:
+        raise InvalidInputError(f"{where}: empty tensor name; every tensor needs a non-empty name")
+    return name
+
+
+def check_unique_names(names: Iterable[object], where: str) -> None:
+    seen: set[str] = set()
+    for n in names:
+        check_name(n, where)
+        if n in seen:
+            raise InvalidInputError(f"{where}: duplicate tensor name {n!r}; names must be unique")
+        seen.add(n)  # type: ignore[arg-type]
+
+
+def check_shape(shape: object, where: str) -> tuple[int, ...]:
+    if not isinstance(shape, (list, tuple)) or not all(
+        isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_)) and d >= 0
+        for d in shape
+    ):
+        raise InvalidInputError(f"{where}: shape {shape!r} is not a list of non-negative integers")
+    return tuple(int(d) for d in shape)
+
+
+def numel(shape: Sequence[int]) -> int:
+    return math.prod(shape)
+
+
+def validate_specs(specs: Iterable[Sequence[Any]], where: str) -> list[tuple[str, dtypes.DType, tuple[int, ...]]]:
+    """Check writer specs: unique non-empty names, our dtypes, non-negative int shapes."""
+    out = []
+    for spec in specs:
+        try:
+            name, dtype_name, shape = spec
+        except (TypeError, ValueError):
+            raise InvalidInputError(
+                f"{where}: spec {spec!r} is not a (name, dtype, shape) tuple"
+            ) from None
+        check_name(name, where)
+        try:
+            dt = dtypes.get(dtype_name)
+        except InvalidInputError as e:
+            raise InvalidInputError(f"{where}: tensor {name!r}: {e}") from None
+        out.append((name, dt, check_shape(shape, f"{where}: tensor {name!r}")))
+    check_unique_names((n for n, _, _ in out), where)
+    return out
+
+
+# ----------------------------------------------------------------------------- buffers
+
+
+def bytes_view(obj: Any) -> memoryview:
+    """A 1-D format 'B' read-only memoryview over a C-contiguous bytes-like object."""
+    if isinstance(obj, np.ndarray):
+        if not obj.flags.c_contiguous:
+            obj = np.ascontiguousarray(obj)
+        obj = obj.reshape(-1).view(np.uint8)
+    mv = obj if isinstance(obj, memoryview) else memoryview(obj)
+    if mv.format != "B" or mv.ndim != 1:
+        mv = mv.cast("B")
+    return mv.toreadonly()
+
+
+def array_bytes(arr: np.ndarray) -> memoryview:
+    """Raw C-order little-endian bytes of a numpy array (copies only if it must)."""
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    if not arr.flags.c_contiguous:
+        arr = arr.copy(order="C")  # (np.ascontiguousarray would turn 0-d into 1-d)
+    return memoryview(arr.reshape(-1).view(np.uint8)).toreadonly()
+
+
+def iter_exact(read_tensor: ReadTensor, name: str, nbytes: int) -> Iterator[memoryview]:
+    """The chunks of ``read_tensor(name)`` as byte views; checks they add up to ``nbytes``."""
+    total = 0
+    for chunk in read_tensor(name):
+        mv = bytes_view(chunk)
+        total += mv.nbytes
+        if total > nbytes:
+            break
+        if mv.nbytes:
+            yield mv
+    if total != nbytes:
+        raise InternalError(
+            f"read_tensor({name!r}) yielded {'more than ' if total > nbytes else ''}{total} bytes, "
+            f"expected {nbytes}"
+        )
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """Yield a binary file that replaces ``path`` only if the block finishes.
+
+    The data goes to a hidden temp file in the target's folder; on success it is
+    flushed, fsynced, given normal permissions and ``os.replace``d onto ``path`` (and
+    the folder fsynced); on any error (or interrupt) the temp file is removed.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise NotFoundError(f"cannot write {path}: folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise InvalidInputError(f"cannot write {path}: it is a folder; give a file path")
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w+b") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename durable; not possible everywhere
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
