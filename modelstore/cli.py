@@ -291,6 +291,40 @@ def models(as_json: Annotated[bool, typer.Option("--json")] = False):
             print(f"{m}\t{n}")
 
 
+@app.command()
+def demo():
+    """Build a small demo store (./.modelstore unless --store) and tour it: log, stats, checkout, fsck."""
+    import tempfile
+
+    from modelstore.config import DIRNAME, Layout
+    from modelstore.demo import build
+    from modelstore.store import Store
+
+    target = _state["store"] or os.environ.get("MODELSTORE_DIR") or Path.cwd() / DIRNAME
+    s = Store.open(target) if Layout(Path(target)).config.exists() else Store.init(target)
+    con = _console()
+    with s:
+        con.print(f"[bold]store[/bold] {Path(target).resolve()}")
+        versions = build(s, say=con.print)
+        con.print("\n[bold]$ modelstore log[/bold]")
+        for v in s.log():
+            con.print(f"  {v.ref:18s} {v.content_id[:12]}  {_size(v.size):>9s}  {_size(v.stored):>9s} new  {v.message}")
+        st = s.stats()
+        con.print("\n[bold]$ modelstore stats[/bold]")
+        con.print(f"  logical {_size(st['logical_bytes'])}, stored {_size(st['stored_bytes'])}: "
+                  f"dedup {st['dedup_ratio']:.2f}x, compression {st['compression_ratio']:.2f}x, "
+                  f"stored/logical {st['stored_over_logical']:.3f}")
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "checkout.safetensors"
+            s.checkout(versions[-1].ref, out)
+            back = s.load(versions[-1].ref)
+            con.print(f"\n[bold]$ modelstore checkout {versions[-1].ref} -o checkout.safetensors[/bold]\n"
+                      f"  {len(back)} tensors, {out.stat().st_size / 1e6:.1f} MB written, bit-exact")
+        rep = s.fsck()
+        con.print(f"\n[bold]$ modelstore fsck[/bold]\n  {rep['chunks_verified']} chunks re-hashed: "
+                  f"{'ok' if rep['ok'] else 'PROBLEMS'}")
+
+
 def main() -> None:
     """Console entry point: run the app, turning library errors into one stderr line."""
     from modelstore.errors import ModelstoreError

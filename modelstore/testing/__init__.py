@@ -1,0 +1,1 @@
+"""Helpers shipped for tests, benchmarks and the demo: synthetic models built in code."""
