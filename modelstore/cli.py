@@ -17,7 +17,7 @@ import typer
 
 __all__ = ["app", "main"]
 
-VERSION = "0.1.0"
+from modelstore import __version__ as VERSION
 
 app = typer.Typer(
     name="modelstore",
