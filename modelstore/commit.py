@@ -12,8 +12,9 @@ from __future__ import annotations
 import getpass
 import os
 import re
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from modelstore import chunking, codecs, dtypes, hashing, kernels
 from modelstore.catalog import VersionInfo, check_model_name
@@ -64,44 +65,12 @@ def commit(
     parent_ids = _parents(store, model, parent)
     target = store.config.chunk_target_bytes
     with store_lock(store.layout.lock, exclusive=False), open_model(source) as src:
-        new_entries: dict[bytes, Entry] = {}
-        new_stats: dict[bytes, tuple] = {}
-        entries: list[TensorEntry] = []
-        writer: PackWriter | None = None
+        ingest = _Ingest(store)
         try:
-            with store.index.reader() as rd:
-                for t in src.tensors:
-                    dt = dtypes.get(t.dtype)
-                    rows = chunking.chunk_rows(t.shape, dt.itemsize, target)
-                    buf = t.buffer() if t.nbytes else memoryview(b"")
-                    ids, parts, sumsq = [], [], []
-                    for off, length in chunking.chunk_spans(t.shape, dt.itemsize, rows):
-                        view = buf[off : off + length]
-                        cid = hashing.digest(view)
-                        key = cid + bytes([dt.code])
-                        st = new_stats.get(key) or rd.get_stats(cid, dt.code)
-                        if st is None:
-                            st = tuple(kernels.chunk_stats(view, dt.code))
-                            new_stats[key] = st
-                        if cid not in new_entries and rd.get(cid) is None:
-                            enc, payload = codecs.encode(view, dt)
-                            if writer is None:
-                                writer = PackWriter(store.layout.packs)
-                            loc = writer.append(cid, enc, length, payload)
-                            new_entries[cid] = Entry(loc.pack, enc, loc.offset, len(payload), length, NO_BASE)
-                        ids.append(cid)
-                        parts.append(st)
-                        sumsq.append(st[4])
-                        if progress:
-                            progress(length)
-                    entries.append(TensorEntry(t.name, dt.name, tuple(t.shape), rows, tuple(ids),
-                                               TensorStats.merge(parts), tuple(sumsq)))
-            if writer is not None:
-                writer.finish()
-                writer = None
+            entries = ingest.run(src.tensors, target, progress)
         finally:
-            if writer is not None:
-                writer.abort()
+            ingest.close()
+        new_entries, new_stats = ingest.new_entries, ingest.new_stats
         manifest = Manifest(tuple(entries))
         content_id = manifest.content_id
         inserted = store.index.commit_version(new_entries, new_stats, content_id, manifest.to_json())
@@ -117,6 +86,106 @@ def commit(
             parents=parent_ids, meta=merged_meta,
             tensors=[(e.name, e.dtype, str(list(e.shape)), e.nbytes) for e in manifest.tensors],
         )
+
+
+class _Ingest:
+    """The chunk pipeline of one commit.
+
+    The main thread hashes each chunk and looks it up (LMDB read transactions stay on one
+    thread); chunks not stored yet go to a small thread pool for stats and encoding (both
+    release the GIL), then to the pack writer in submission order. At most `window`
+    chunks are in flight, so memory is bounded by a few chunks per worker.
+    """
+
+    def __init__(self, store):
+        self.store = store
+        self.new_entries: dict[bytes, Entry] = {}
+        self.new_stats: dict[bytes, tuple] = {}
+        self.workers = codecs.THREADS
+        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="encode") if self.workers > 1 else None
+        self.window = 2 * self.workers + 2
+        self.writer: PackWriter | None = None
+        self.pending: deque = deque()  # (cid, key, length, slot list, slot index, future, release)
+
+    def run(self, tensors, target: int, progress) -> list[TensorEntry]:
+        plans = []
+        with self.store.index.reader() as rd:
+            for t in tensors:
+                dt = dtypes.get(t.dtype)
+                rows = chunking.chunk_rows(t.shape, dt.itemsize, target)
+                buf = t.buffer() if t.nbytes else memoryview(b"")
+                ids, stats = [], []
+                for off, length in chunking.chunk_spans(t.shape, dt.itemsize, rows):
+                    view = buf[off : off + length]
+                    cid = hashing.digest(view)
+                    key = cid + bytes([dt.code])
+                    ids.append(cid)
+                    st = self.new_stats.get(key) or rd.get_stats(cid, dt.code)
+                    stored = cid in self.new_entries or rd.get(cid) is not None
+                    if stored:
+                        if st is None:
+                            st = tuple(kernels.chunk_stats(view, dt.code))
+                            self.new_stats[key] = st
+                        stats.append(st)
+                        t.release(off, off + length)
+                    else:
+                        # Reserve the id now so a repeat within this commit is not encoded twice.
+                        self.new_entries[cid] = None
+                        stats.append(None)
+                        self._submit(cid, key, view, dt, length, stats, len(stats) - 1, st,
+                                     lambda t=t, a=off, b=off + length: t.release(a, b))
+                    if progress:
+                        progress(length)
+                del buf
+                plans.append((t, dt, rows, ids, stats))
+            while self.pending:
+                self._drain_one()
+        if self.writer is not None:
+            self.writer.finish()
+            self.writer = None
+        return [TensorEntry(t.name, dt.name, tuple(t.shape), rows, tuple(ids), TensorStats.merge(stats),
+                            tuple(st[4] for st in stats)) for t, dt, rows, ids, stats in plans]
+
+    def _submit(self, cid, key, view, dt, length, slots, slot, known_stats, release) -> None:
+        def work():
+            st = known_stats if known_stats is not None else tuple(kernels.chunk_stats(view, dt.code))
+            enc, payload = codecs.encode(view, dt)
+            return st, enc, payload
+
+        fut = self.pool.submit(work) if self.pool else _Done(work())
+        self.pending.append((cid, key, length, slots, slot, fut, release))
+        while len(self.pending) >= self.window:
+            self._drain_one()
+
+    def _drain_one(self) -> None:
+        cid, key, length, slots, slot, fut, release = self.pending.popleft()
+        st, enc, payload = fut.result()
+        release()
+        slots[slot] = st
+        self.new_stats[key] = st
+        if self.writer is None:
+            self.writer = PackWriter(self.store.layout.packs)
+        loc = self.writer.append(cid, enc, length, payload)
+        self.new_entries[cid] = Entry(loc.pack, enc, loc.offset, len(payload), length, NO_BASE)
+
+    def close(self) -> None:
+        for *_, fut, _release in self.pending:
+            fut.cancel()
+        if self.pool:
+            self.pool.shutdown(wait=True)
+        if self.writer is not None:
+            self.writer.abort()
+
+
+class _Done:
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+    def cancel(self):
+        pass
 
 
 def check_meta_lenient(meta: dict) -> dict[str, str]:

@@ -35,6 +35,7 @@ class TensorSource:
     shape: tuple[int, ...]
     nbytes: int  # prod(shape) * itemsize
     _reader: Callable[[], memoryview] = field(repr=False, compare=False)
+    _release: Callable[[int, int], None] | None = field(default=None, repr=False, compare=False)
 
     def buffer(self) -> memoryview:
         """Raw C-order little-endian bytes: a 1-D, format 'B', read-only memoryview of
@@ -46,6 +47,13 @@ class TensorSource:
                 f"tensor {self.name!r}: reader produced {view.nbytes} bytes, expected {self.nbytes}"
             )
         return view
+
+    def release(self, start: int = 0, stop: int | None = None) -> None:
+        """Hint that bytes [start, stop) of this tensor are done with: a memory-mapped
+        reader drops those pages from the process (they stay in the page cache), so
+        reading a model bigger than RAM keeps RSS bounded. A no-op for other readers."""
+        if self._release is not None:
+            self._release(start, self.nbytes if stop is None else stop)
 
     def array(self) -> np.ndarray:
         """Convenience: the tensor as a read-only numpy array (ml_dtypes for BF16/F8)."""

@@ -148,6 +148,19 @@ class _Mapping:
 
         return read
 
+    def releaser(self, base: int):
+        def release(start: int, stop: int) -> None:
+            lo = (base + start) // mmap.PAGESIZE * mmap.PAGESIZE
+            hi = base + stop
+            if self.closed or hi <= lo:
+                return
+            try:
+                self.mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            except (OSError, ValueError, AttributeError):
+                pass  # only a memory hint
+
+        return release
+
     def close(self) -> None:
         self.closed = True
         try:
@@ -193,7 +206,8 @@ def read_safetensors(path: str | os.PathLike[str], format: str = "safetensors") 
     mapping = _Mapping(mm, path)
     base = 8 + hlen
     tensors = [
-        TensorSource(name, dt, shape, end - begin, mapping.reader(base + begin, base + end))
+        TensorSource(name, dt, shape, end - begin, mapping.reader(base + begin, base + end),
+                     mapping.releaser(base + begin))
         for name, dt, shape, begin, end in entries
     ]
     return ModelSource(format, tensors, metadata, path=path, closers=[mapping.close])
