@@ -33,7 +33,8 @@ def random_tensor(draw_bytes: bytes, dtype: str, shape) -> np.ndarray:
 @st.composite
 def models(draw):
     n = draw(st.integers(1, 5))
-    names = draw(st.lists(st.text(min_size=1, max_size=12), min_size=n, max_size=n, unique=True))
+    names = draw(st.lists(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+                                  min_size=1, max_size=12), min_size=n, max_size=n, unique=True))
     out = {}
     for name in names:
         dtype = draw(st.sampled_from(DTYPES))
