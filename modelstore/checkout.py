@@ -1,14 +1,14 @@
 """Read path: catalog -> manifest -> index -> packs -> decode -> verify -> tensors or a file.
 
-Chunks are fetched and decoded by a prefetch thread a few chunks ahead of the consumer,
-so decoding overlaps writing and memory stays bounded by the queue depth.
+Chunks are fetched and decoded by a small thread pool a few chunks ahead of the consumer,
+so decoding overlaps writing and memory stays bounded by the window.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -28,59 +28,58 @@ def read_chunk(store, cid: bytes, out=None, verify: bool = True):
     return data
 
 
-def iter_chunks(store, tensors: Iterable[TensorEntry], depth: int = 4) -> Iterator[tuple[TensorEntry, bytes]]:
-    """(tensor, decoded chunk) in manifest order, decoded ahead by a background thread."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
+def iter_chunks(store, tensors: Iterable[TensorEntry], depth: int | None = None) -> Iterator[tuple[TensorEntry, bytes]]:
+    """(tensor, decoded chunk) in manifest order, read and decoded ahead by a thread pool.
 
-    def produce():
+    Decoding releases the GIL, so the workers use every core while the consumer writes;
+    at most `depth` chunks are in flight.
+    """
+    workers = codecs.THREADS
+    depth = depth or 2 * workers + 2
+    jobs = ((t, cid) for t in tensors for cid in t.chunks)
+    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+        pending: deque = deque()
         try:
-            for t in tensors:
-                for cid in t.chunks:
-                    if stop.is_set():
-                        return
-                    q.put((t, read_chunk(store, cid)))
-            q.put(None)
-        except BaseException as exc:
-            q.put(exc)
-
-    th = threading.Thread(target=produce, name="chunk-prefetch", daemon=True)
-    th.start()
-    try:
-        while True:
-            item = q.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while th.is_alive():
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                th.join(0.01)
+            for t, cid in jobs:
+                pending.append((t, pool.submit(read_chunk, store, cid)))
+                if len(pending) >= depth:
+                    t0, fut = pending.popleft()
+                    yield t0, fut.result()
+            while pending:
+                t0, fut = pending.popleft()
+                yield t0, fut.result()
+        finally:
+            for _, fut in pending:
+                fut.cancel()
 
 
-def load_tensor(store, t: TensorEntry) -> np.ndarray:
+def load_tensor(store, t: TensorEntry, pool: ThreadPoolExecutor | None = None) -> np.ndarray:
+    """One tensor as a numpy array; chunks decode straight into it, in parallel."""
     dt = dtypes.get(t.dtype)
     arr = np.empty(t.shape, dtype=dt.numpy)
     flat = arr.reshape(-1).view(np.uint8)
-    pos = 0
-    for cid in t.chunks:
-        e = check_entry(cid, store.index.get(cid))
-        read_chunk(store, cid, out=flat[pos : pos + e.raw_len])
+    entries = [check_entry(cid, store.index.get(cid)) for cid in t.chunks]
+    total = sum(e.raw_len for e in entries)
+    if total != t.nbytes:
+        raise IntegrityError(f"tensor {t.name!r}: chunks hold {total} bytes, expected {t.nbytes}")
+    spans, pos = [], 0
+    for cid, e in zip(t.chunks, entries):
+        spans.append((cid, flat[pos : pos + e.raw_len]))
         pos += e.raw_len
-    if pos != t.nbytes:
-        raise IntegrityError(f"tensor {t.name!r}: chunks hold {pos} bytes, expected {t.nbytes}")
+    if pool is None or len(spans) < 2:
+        for cid, out in spans:
+            read_chunk(store, cid, out=out)
+    else:
+        for fut in [pool.submit(read_chunk, store, cid, out) for cid, out in spans]:
+            fut.result()
     return arr
 
 
 def load(store, manifest: Manifest, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
     by_name = manifest.by_name()
     wanted = list(by_name) if names is None else list(names)
-    return {n: load_tensor(store, by_name[n]) for n in wanted}
+    with ThreadPoolExecutor(codecs.THREADS, thread_name_prefix="decode") as pool:
+        return {n: load_tensor(store, by_name[n], pool) for n in wanted}
 
 
 def write_file(store, manifest: Manifest, path, fmt: str, metadata: dict[str, str] | None = None) -> None:
