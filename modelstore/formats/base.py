@@ -246,12 +246,14 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+def atomic_output(path: str | os.PathLike[str], durable: bool = True) -> Iterator[BinaryIO]:
     """Yield a binary file that replaces ``path`` only if the block finishes.
 
     The data goes to a hidden temp file in the target's folder; on success it is
-    flushed, fsynced, given normal permissions and ``os.replace``d onto ``path`` (and
-    the folder fsynced); on any error (or interrupt) the temp file is removed.
+    flushed, fsynced (unless ``durable`` is false: a checkout, like git's, need not
+    survive a power cut, only never be seen half-written), given normal permissions and
+    ``os.replace``d onto ``path`` (and the folder fsynced); on any error the temp file is
+    removed.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -264,13 +266,16 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         with os.fdopen(fd, "w+b") as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    if not durable:
+        return
     with contextlib.suppress(OSError):  # make the rename durable; not possible everywhere
         dfd = os.open(folder, os.O_RDONLY)
         try:
