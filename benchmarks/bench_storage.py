@@ -8,7 +8,6 @@ Baselines, same process: safetensors save_file/load_file and zstd-3 of the file.
 from __future__ import annotations
 
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -55,13 +54,27 @@ def _zstd3(path: Path) -> tuple[float, float]:
         return dt, n / len(data)
 
 
-def _peak_rss_of(cmd: list[str]) -> float:
-    """Peak RSS (MB) of a child process running `cmd`."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+# VmHWM (peak RSS of this address space) rather than ru_maxrss, which Linux carries over
+# from the forking parent across exec.
+_RSS_WRAPPER = (
+    "import runpy, sys\n"
+    "sys.argv = ['modelstore'] + sys.argv[1:]\n"
+    "try:\n"
+    "    runpy.run_module('modelstore', run_name='__main__')\n"
+    "finally:\n"
+    "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+    "    sys.stderr.write('MAXRSS %s\\n' % hwm)\n"
+)
+
+
+def _peak_rss_of(args: list[str]) -> float:
+    """Peak RSS (MB) of `modelstore ARGS` measured inside the child (a forked parent's
+    pages would otherwise count against it)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(after, before) / 1024  # ru_maxrss is KiB on Linux; max over children so far
+    proc = subprocess.run([sys.executable, "-c", _RSS_WRAPPER, *args], env=env, check=True,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    line = [ln for ln in proc.stderr.splitlines() if ln.startswith("MAXRSS ")][-1]
+    return int(line.split()[1]) / 1024  # KiB
 
 
 def bench_model(report, label: str, dtype: str, nbytes: int, tmp: Path) -> None:
@@ -101,17 +114,36 @@ def bench_model(report, label: str, dtype: str, nbytes: int, tmp: Path) -> None:
     del sd, ft, ts
     store.close()
 
-    rss_commit = _peak_rss_of([sys.executable, "-m", "modelstore", "--store", str(tmp / f"store-{label}"),
-                               "commit", str(f2), "--model", label + "-rss"])
-    rss_co = _peak_rss_of([sys.executable, "-m", "modelstore", "--store", str(tmp / f"store-{label}"),
-                           "checkout", label + "-rss", "-o", str(tmp / "rss.safetensors")])
-    report(f"{label}: peak RSS, CLI commit+checkout", max(rss_commit, rss_co), "MB", raw / MB, "model size")
+    save_file(train_step(sized_transformer(nbytes, dtype=dtype), seed=5), str(f2))  # all new chunks
+    rss_commit = _peak_rss_of(["--store", str(tmp / f"store-{label}"), "commit", str(f2), "--model", label + "-rss"])
+    rss_co = _peak_rss_of(["--store", str(tmp / f"store-{label}"), "checkout", label + "-rss",
+                           "-o", str(tmp / "rss.safetensors")])
+    report(f"{label}: peak RSS, CLI commit", rss_commit, "MB", raw / MB, "model size")
+    report(f"{label}: peak RSS, CLI checkout", rss_co, "MB", raw / MB, "model size")
     shutil.rmtree(tmp / f"store-{label}")
     for p in (f, f2, tmp / "rss.safetensors"):
         p.unlink(missing_ok=True)
 
 
+def bench_startup(report) -> None:
+    """`modelstore --version` wall time beside a bare interpreter start (median of 7)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def median_time(cmd):
+        times = []
+        for _ in range(7):
+            t = time.perf_counter()
+            subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+            times.append(time.perf_counter() - t)
+        return sorted(times)[3]
+
+    bare = median_time([sys.executable, "-c", "pass"])
+    ours = median_time([sys.executable, "-m", "modelstore", "--version"])
+    report("modelstore --version wall time", ours * 1000, "ms", bare * 1000, "python -c pass")
+
+
 def run(report) -> None:
+    bench_startup(report)
     with tempfile.TemporaryDirectory(dir=os.environ.get("MODELSTORE_BENCH_DIR")) as tmp:
         bench_model(report, "fp32-500MB", "F32", int(500e6 * SCALE), Path(tmp))
         bench_model(report, "bf16-1GB", "BF16", int(1e9 * SCALE), Path(tmp))
