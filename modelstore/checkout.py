@@ -19,10 +19,19 @@ from modelstore.manifest import Manifest, TensorEntry
 
 
 def read_chunk(store, cid: bytes, out=None, verify: bool = True):
-    """Decoded bytes of one chunk (into `out` when given), checked against its id."""
+    """Decoded bytes of one chunk (into `out` when given), checked against its id.
+
+    A delta record first decodes its base (itself verified), so a chain never yields
+    wrong bytes silently; a missing base is an IntegrityError naming both chunks.
+    """
     e = check_entry(cid, store.index.get(cid))
-    enc, raw_len, _base, payload = store.packs.read(cid, e.location, e.stored_len)
-    data = codecs.decode(enc, payload, raw_len, out)
+    enc, raw_len, base_id, payload = store.packs.read(cid, e.location, e.stored_len)
+    base = None
+    if enc in codecs.DELTA_ENCODINGS:
+        if store.index.get(base_id) is None:
+            raise IntegrityError(f"chunk {cid.hex()} is a delta against {base_id.hex()}, which is missing")
+        base = read_chunk(store, base_id)
+    data = codecs.decode(enc, payload, raw_len, out, base=base)
     if verify and hashing.digest(data) != cid:
         raise IntegrityError(f"chunk {cid.hex()} does not match its id (run `modelstore fsck`)")
     return data

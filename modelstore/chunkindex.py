@@ -1,7 +1,7 @@
 """The chunk index (LMDB): chunk id -> record location, per-chunk stats, manifests.
 
 Named databases (docs/FORMAT.md §3.2), all values fixed-layout and small except manifests:
-  chunks     id(16)             -> ENTRY: pack, encoding, offset, stored_len, raw_len, base id
+  chunks     id(16)             -> ENTRY: pack, encoding, depth, offset, stored_len, raw_len, base id
   stats      id(16) + dtype(1)  -> STATS: n, n_nan, n_inf, sum, sumsq, min, max
   manifests  content id(16)     -> encoding(1) + raw_len(u64) + payload (canonical manifest JSON)
 The dedup check on ingest is one `get` here.
@@ -9,7 +9,9 @@ The dedup check on ingest is one `get` here.
 
 from __future__ import annotations
 
+import os
 import struct
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ from modelstore import codecs, dtypes
 from modelstore.errors import FormatError, IntegrityError, ReadOnlyError
 from modelstore.packs import Location
 
-ENTRY = struct.Struct("<IB3xQQQ16s")
+ENTRY = struct.Struct("<IBB2xQQQ16s")
 STATS = struct.Struct("<QQQdddd")
 MREC = struct.Struct("<BQ")
 _MAP_SIZE = 1 << 34  # grown on MapFullError; LMDB files stay sparse
@@ -30,33 +32,60 @@ _MAP_SIZE = 1 << 34  # grown on MapFullError; LMDB files stay sparse
 class Entry:
     pack: int
     encoding: int
+    depth: int  # 0 for a plain record; n for the n-th delta against the same base
     offset: int
     stored_len: int
     raw_len: int
-    base: bytes
+    base: bytes  # chunk id this record is a delta against, or 16 zero bytes
 
     @property
     def location(self) -> Location:
         return Location(self.pack, self.offset)
 
     def pack_bytes(self) -> bytes:
-        return ENTRY.pack(self.pack, self.encoding, self.offset, self.stored_len, self.raw_len, self.base)
+        return ENTRY.pack(self.pack, self.encoding, self.depth, self.offset, self.stored_len, self.raw_len, self.base)
 
     @classmethod
     def unpack(cls, raw: bytes) -> "Entry":
         return cls(*ENTRY.unpack(raw))
 
 
+# LMDB allows one Environment per file per process: share it between Store objects.
+_ENVS: dict[str, list] = {}  # realpath -> [env, refcount]
+_ENVS_LOCK = threading.Lock()
+
+
+def _acquire_env(path: Path, readonly: bool):
+    key = os.path.realpath(path)
+    with _ENVS_LOCK:
+        hit = _ENVS.get(key)
+        if hit is not None:
+            hit[1] += 1
+            return hit[0]
+        try:
+            env = lmdb.open(key, map_size=_MAP_SIZE, max_dbs=8, subdir=True, readonly=readonly,
+                            readahead=False, create=not readonly, lock=True)
+        except lmdb.Error as exc:
+            raise FormatError(f"cannot open chunk index at {path}: {exc}") from None
+        _ENVS[key] = [env, 1]
+        return env
+
+
+def _release_env(env) -> None:
+    with _ENVS_LOCK:
+        for key, hit in list(_ENVS.items()):
+            if hit[0] is env:
+                hit[1] -= 1
+                if hit[1] == 0:
+                    del _ENVS[key]
+                    env.close()
+                return
+
+
 class ChunkIndex:
     def __init__(self, path: Path, readonly: bool = False):
         self.readonly = readonly
-        try:
-            self.env = lmdb.open(
-                str(path), map_size=_MAP_SIZE, max_dbs=8, subdir=True, readonly=readonly,
-                readahead=False, create=not readonly, lock=True,
-            )
-        except lmdb.Error as exc:
-            raise FormatError(f"cannot open chunk index at {path}: {exc}") from None
+        self.env = _acquire_env(path, readonly)
         if readonly:
             with self.env.begin() as txn:
                 self._chunks = self.env.open_db(b"chunks", txn=txn, create=False)
@@ -68,7 +97,9 @@ class ChunkIndex:
             self._manifests = self.env.open_db(b"manifests")
 
     def close(self) -> None:
-        self.env.close()
+        if self.env is not None:
+            _release_env(self.env)
+            self.env = None
 
     # -- reads -----------------------------------------------------------------------
     def get(self, cid: bytes) -> Entry | None:

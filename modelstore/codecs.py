@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import blosc2
+import numpy as np
 
 from modelstore.dtypes import DType
 from modelstore.errors import FormatError, IntegrityError
@@ -17,7 +18,9 @@ from modelstore.errors import FormatError, IntegrityError
 RAW = 0  # payload is the raw bytes
 BLOSC2 = 1  # payload is one blosc2 chunk (self-describing: filters, codec, typesize)
 SPLITHUFF = 2  # byte planes, Huffman-coded where it pays (csrc/modelstore/splithuff.hpp)
-NAMES = {RAW: "raw", BLOSC2: "blosc2", SPLITHUFF: "splithuff"}
+XOR_BLOSC2 = 3  # blosc2 chunk of (these bytes XOR the base chunk's bytes); base in the record
+NAMES = {RAW: "raw", BLOSC2: "blosc2", SPLITHUFF: "splithuff", XOR_BLOSC2: "xor-blosc2"}
+DELTA_ENCODINGS = frozenset({XOR_BLOSC2})
 
 try:
     from modelstore import _native
@@ -78,8 +81,29 @@ def encode(raw, dtype: DType) -> tuple[int, bytes | memoryview]:
     return BLOSC2, packed
 
 
-def decode(encoding: int, payload, raw_len: int, out=None):
-    """Decode a payload to exactly `raw_len` bytes (into `out` when given)."""
+def xor(a, b) -> np.ndarray:
+    """a XOR b as a new uint8 array (equal lengths); numpy releases the GIL."""
+    x = np.frombuffer(a, dtype=np.uint8)
+    y = np.frombuffer(b, dtype=np.uint8)
+    if x.size % 8 == 0:
+        return np.bitwise_xor(x.view(np.uint64), y.view(np.uint64)).view(np.uint8)
+    return np.bitwise_xor(x, y)
+
+
+def encode_delta(raw, base, dtype: DType) -> bytes:
+    """XOR against the base chunk, then byte shuffle + zstd: a trained weight keeps its
+    sign, exponent and top mantissa bits from one checkpoint to the next, so the high
+    byte planes of the XOR are mostly zero."""
+    x = xor(raw, base)
+    return blosc2.compress2(x, **{**_cparams(dtype), "filters": [blosc2.Filter.SHUFFLE] if dtype.itemsize > 1
+                                  else [blosc2.Filter.NOFILTER]})
+
+
+def decode(encoding: int, payload, raw_len: int, out=None, base=None):
+    """Decode a payload to exactly `raw_len` bytes (into `out` when given).
+
+    Delta encodings need `base`: the decoded bytes of the record's base chunk.
+    """
     if encoding == RAW:
         if len(payload) != raw_len:
             raise IntegrityError(f"raw record is {len(payload)} bytes, expected {raw_len}")
@@ -101,6 +125,15 @@ def decode(encoding: int, payload, raw_len: int, out=None):
             return blosc2.decompress2(payload, nthreads=THREADS)
         except Exception as exc:
             raise IntegrityError(f"corrupt blosc2 record: {exc}") from None
+    if encoding == XOR_BLOSC2:
+        if base is None or len(base) != raw_len:
+            raise IntegrityError("delta record without its base chunk")
+        x = decode(BLOSC2, payload, raw_len)
+        result = xor(x, base)
+        if out is not None:
+            memoryview(out).cast("B")[:raw_len] = result
+            return out
+        return result.tobytes()
     if encoding == SPLITHUFF:
         if _native is None:
             raise FormatError("this record needs modelstore's native extension (reinstall with a C++ compiler)")

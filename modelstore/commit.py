@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from modelstore import chunking, codecs, dtypes, hashing, kernels
 from modelstore.catalog import VersionInfo, check_model_name
 from modelstore.chunkindex import Entry
-from modelstore.errors import InvalidInputError
+from modelstore.errors import InvalidInputError, ModelstoreError
 from modelstore.formats import open_model
 from modelstore.locking import store_lock
 from modelstore.manifest import Manifest, TensorEntry, TensorStats
@@ -65,7 +65,7 @@ def commit(
     parent_ids = _parents(store, model, parent)
     target = store.config.chunk_target_bytes
     with store_lock(store.layout.lock, exclusive=False), open_model(source) as src:
-        ingest = _Ingest(store)
+        ingest = _Ingest(store, _delta_bases(store, parent_ids))
         try:
             entries = ingest.run(src.tensors, target, progress)
         finally:
@@ -97,8 +97,10 @@ class _Ingest:
     chunks are in flight, so memory is bounded by a few chunks per worker.
     """
 
-    def __init__(self, store):
+    def __init__(self, store, bases: dict[str, TensorEntry] | None = None):
         self.store = store
+        self.bases = bases or {}
+        self.max_depth = store.config.delta_depth
         self.new_entries: dict[bytes, Entry] = {}
         self.new_stats: dict[bytes, tuple] = {}
         self.workers = codecs.THREADS
@@ -115,7 +117,11 @@ class _Ingest:
                 rows = chunking.chunk_rows(t.shape, dt.itemsize, target)
                 buf = t.buffer() if t.nbytes else memoryview(b"")
                 ids, stats = [], []
-                for off, length in chunking.chunk_spans(t.shape, dt.itemsize, rows):
+                parent = self.bases.get(t.name)
+                if parent is not None and (parent.dtype != dt.name or parent.chunk_rows != rows
+                                           or tuple(parent.shape[1:]) != tuple(t.shape[1:])):
+                    parent = None
+                for i, (off, length) in enumerate(chunking.chunk_spans(t.shape, dt.itemsize, rows)):
                     view = buf[off : off + length]
                     cid = hashing.digest(view)
                     key = cid + bytes([dt.code])
@@ -132,7 +138,8 @@ class _Ingest:
                         # Reserve the id now so a repeat within this commit is not encoded twice.
                         self.new_entries[cid] = None
                         stats.append(None)
-                        self._submit(cid, key, view, dt, length, stats, len(stats) - 1, st,
+                        base = self._base_for(rd, parent, i, length)
+                        self._submit(cid, key, view, dt, length, stats, len(stats) - 1, st, base,
                                      lambda t=t, a=off, b=off + length: t.release(a, b))
                     if progress:
                         progress(length)
@@ -146,11 +153,36 @@ class _Ingest:
         return [TensorEntry(t.name, dt.name, tuple(t.shape), rows, tuple(ids), TensorStats.merge(stats),
                             tuple(st[4] for st in stats)) for t, dt, rows, ids, stats in plans]
 
-    def _submit(self, cid, key, view, dt, length, slots, slot, known_stats, release) -> None:
+    def _base_for(self, rd, parent: TensorEntry | None, i: int, length: int):
+        """(keyframe id, depth) to delta-encode chunk i against, or None.
+
+        The base is the parent's chunk at the same position; if that is itself a delta,
+        its own base is used instead, so chains stay one delta deep and a read decodes at
+        most two records. Past `delta_depth` versions a plain record starts a new chain.
+        """
+        if parent is None or self.max_depth <= 0 or i >= len(parent.chunks):
+            return None
+        cand = parent.chunks[i]
+        e = rd.get(cand)
+        if e is None or e.raw_len != length:
+            return None
+        if e.encoding in codecs.DELTA_ENCODINGS:
+            base, depth = e.base, e.depth + 1
+        else:
+            base, depth = cand, 1
+        return (base, depth) if depth <= self.max_depth else None
+
+    def _submit(self, cid, key, view, dt, length, slots, slot, known_stats, base, release) -> None:
         def work():
             st = known_stats if known_stats is not None else tuple(kernels.chunk_stats(view, dt.code))
             enc, payload = codecs.encode(view, dt)
-            return st, enc, payload
+            if base is not None:
+                from modelstore.checkout import read_chunk
+
+                delta = codecs.encode_delta(view, read_chunk(self.store, base[0]), dt)
+                if len(delta) < len(payload):
+                    return st, codecs.XOR_BLOSC2, delta, base
+            return st, enc, payload, None
 
         fut = self.pool.submit(work) if self.pool else _Done(work())
         self.pending.append((cid, key, length, slots, slot, fut, release))
@@ -159,14 +191,15 @@ class _Ingest:
 
     def _drain_one(self) -> None:
         cid, key, length, slots, slot, fut, release = self.pending.popleft()
-        st, enc, payload = fut.result()
+        st, enc, payload, base = fut.result()
         release()
         slots[slot] = st
         self.new_stats[key] = st
         if self.writer is None:
             self.writer = PackWriter(self.store.layout.packs)
-        loc = self.writer.append(cid, enc, length, payload)
-        self.new_entries[cid] = Entry(loc.pack, enc, loc.offset, len(payload), length, NO_BASE)
+        base_id, depth = base if base is not None else (NO_BASE, 0)
+        loc = self.writer.append(cid, enc, length, payload, base_id)
+        self.new_entries[cid] = Entry(loc.pack, enc, depth, loc.offset, len(payload), length, base_id)
 
     def close(self) -> None:
         for *_, fut, _release in self.pending:
@@ -186,6 +219,17 @@ class _Done:
 
     def cancel(self):
         pass
+
+
+def _delta_bases(store, parent_ids: list[int]) -> dict[str, TensorEntry]:
+    """Tensors of the first parent, by name: the candidates for delta encoding."""
+    if not parent_ids or store.config.delta_depth <= 0:
+        return {}
+    info = store.catalog.version_by_id(parent_ids[0])
+    try:
+        return store.manifest(info).by_name()
+    except ModelstoreError:
+        return {}
 
 
 def check_meta_lenient(meta: dict) -> dict[str, str]:

@@ -26,6 +26,10 @@ class Config:
     store_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     hash: str = hashing.ALGORITHM
     chunk_target_bytes: int = chunking.DEFAULT_TARGET
+    # A new chunk may be stored as an XOR delta against its parent's chunk; deltas chain
+    # to one plain base ("keyframe") at most this many versions back (0 disables deltas),
+    # so a read decodes at most two records. Chosen by benchmarks/bench_series.py.
+    delta_depth: int = 8
     extensions: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -45,13 +49,15 @@ class Layout:
         self.tmp = self.root / "tmp"
 
 
-def write_new(root: Path, chunk_target_bytes: int | None = None) -> Config:
+def write_new(root: Path, chunk_target_bytes: int | None = None, delta_depth: int | None = None) -> Config:
     layout = Layout(root)
     if layout.config.exists():
         raise AlreadyExistsError(f"a store already exists at {root}")
     cfg = Config()
     if chunk_target_bytes:
         cfg.chunk_target_bytes = int(chunk_target_bytes)
+    if delta_depth is not None:
+        cfg.delta_depth = max(0, int(delta_depth))
     for d in (layout.root, layout.index, layout.packs, layout.tmp):
         d.mkdir(parents=True, exist_ok=True)
     layout.lock.touch()
@@ -87,6 +93,7 @@ def read(root: Path) -> Config:
         store_id=str(data.get("store_id", "")),
         hash=data["hash"],
         chunk_target_bytes=int(data.get("chunk_target_bytes", chunking.DEFAULT_TARGET)),
+        delta_depth=int(data.get("delta_depth", 8)),
         extensions=dict(data.get("extensions") or {}),
     )
 

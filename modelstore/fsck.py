@@ -8,7 +8,7 @@ by an interrupted commit) are not damage: they are reported and `gc` removes the
 
 from __future__ import annotations
 
-from modelstore import codecs, hashing
+from modelstore.checkout import read_chunk
 from modelstore.errors import ModelstoreError
 from modelstore.manifest import Manifest
 
@@ -44,10 +44,7 @@ def fsck(store, verify_data: bool = True) -> dict:
     if verify_data:
         for cid, e in sorted(entries.items(), key=lambda kv: (kv[1].pack, kv[1].offset)):
             try:
-                enc, raw_len, _base, payload = store.packs.read(cid, e.location, e.stored_len)
-                data = codecs.decode(enc, payload, raw_len)
-                if hashing.digest(data) != cid:
-                    raise ModelstoreError("bytes do not hash to the chunk id")
+                read_chunk(store, cid)  # decodes delta chains; verifies every hash on the way
             except ModelstoreError as exc:
                 where = "referenced" if cid in referenced else "unreferenced"
                 problems.append(f"corrupt chunk {cid.hex()} ({where}): {exc}")

@@ -9,6 +9,7 @@ transaction, and only then deletes the old packs: a crash at any point loses not
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from modelstore.locking import store_lock
 from modelstore.manifest import Manifest
@@ -74,7 +75,7 @@ def gc(store, dry_run: bool = False) -> dict:
                     for cid, e in live:
                         enc, raw_len, base, payload = store.packs.read(cid, e.location, e.stored_len)
                         loc = writer.append(cid, enc, raw_len, payload, base)
-                        moved[cid] = type(e)(loc.pack, enc, loc.offset, e.stored_len, raw_len, base)
+                        moved[cid] = replace(e, pack=loc.pack, offset=loc.offset)
                 writer.finish()
             except BaseException:
                 writer.abort()

@@ -28,9 +28,10 @@ class Store:
 
     # -- lifecycle -------------------------------------------------------------------
     @classmethod
-    def init(cls, path: str | os.PathLike, chunk_target_bytes: int | None = None) -> "Store":
+    def init(cls, path: str | os.PathLike, chunk_target_bytes: int | None = None,
+             delta_depth: int | None = None) -> "Store":
         """Create a new, empty store at `path` (a directory; created if needed)."""
-        cfg.write_new(Path(path), chunk_target_bytes)
+        cfg.write_new(Path(path), chunk_target_bytes, delta_depth)
         return cls(Path(path))
 
     @classmethod

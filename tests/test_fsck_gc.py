@@ -67,7 +67,7 @@ def test_gc_removes_only_unreachable(populated, tmp_path):
     enc, payload = codecs.encode(junk, dtypes.get("F32"))
     loc = w.append(cid, enc, len(junk), payload)
     w.finish()
-    populated.index.commit_version({cid: Entry(loc.pack, enc, loc.offset, len(payload), len(junk), bytes(16))},
+    populated.index.commit_version({cid: Entry(loc.pack, enc, 0, loc.offset, len(payload), len(junk), bytes(16))},
                                    {}, bytes(16), b'{"format":1,"tensors":[]}')
     rep = populated.fsck()
     assert rep["ok"] and rep["unreferenced_chunks"] == 1 and rep["unreferenced_manifests"] == 1
