@@ -236,8 +236,19 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False):
               f"stored {_size(doc['stored_bytes'])}  on disk {_size(doc['pack_bytes'] + doc['index_bytes'] + doc['catalog_bytes'])}")
     con.print(f"dedup {doc['dedup_ratio']:.2f}x  compression {doc['compression_ratio']:.2f}x  "
               f"stored/logical {doc['stored_over_logical']:.3f}")
-    for enc, e in doc["encodings"].items():
-        con.print(f"  {enc:8s} {e['records']:>8} records  raw {_size(e['raw_bytes'])}  stored {_size(e['stored_bytes'])}")
+    from rich.table import Table
+
+    table = Table(box=None)
+    for col in ("model", "encoding", "records", "raw", "stored", "stored/raw", "longest chain"):
+        table.add_column(col, justify="left" if col in ("model", "encoding") else "right")
+    rows = [("(all)", doc["encodings"], doc["longest_chain"])]
+    rows += [(m, d.get("encodings", {}), d.get("longest_chain", 0)) for m, d in doc["per_model"].items()]
+    for model, encs, longest in rows:
+        for i, (enc, e) in enumerate(encs.items()):
+            ratio = e["stored_bytes"] / e["raw_bytes"] if e["raw_bytes"] else 1.0
+            table.add_row(model if i == 0 else "", enc, str(e["records"]), _size(e["raw_bytes"]),
+                          _size(e["stored_bytes"]), f"{ratio:.3f}", str(longest) if i == 0 else "")
+    con.print(table)
 
 
 @app.command()
