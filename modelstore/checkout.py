@@ -21,17 +21,34 @@ from modelstore.manifest import Manifest, TensorEntry
 def read_chunk(store, cid: bytes, out=None, verify: bool = True):
     """Decoded bytes of one chunk (into `out` when given), checked against its id.
 
-    A delta record first decodes its base (itself verified), so a chain never yields
-    wrong bytes silently; a missing base is an IntegrityError naming both chunks.
+    A delta chain is decoded in one buffer: the plain record at its root first, then each
+    XOR delta on top. Only the final bytes need checking: a wrong link anywhere yields
+    bytes that do not hash to `cid`. A missing base is an IntegrityError naming it.
     """
-    e = check_entry(cid, store.index.get(cid))
-    enc, raw_len, base_id, payload = store.packs.read(cid, e.location, e.stored_len)
-    base = None
-    if enc in codecs.DELTA_ENCODINGS:
-        if store.index.get(base_id) is None:
-            raise IntegrityError(f"chunk {cid.hex()} is a delta against {base_id.hex()}, which is missing")
-        base = read_chunk(store, base_id)
-    data = codecs.decode(enc, payload, raw_len, out, base=base)
+    chain = []  # (cid, entry) from `cid` down to a plain record
+    cur = cid
+    while True:
+        e = store.index.get(cur)
+        if e is None:
+            if chain:
+                raise IntegrityError(f"chunk {chain[-1][0].hex()} is a delta against {cur.hex()}, which is missing")
+            check_entry(cur, None)
+        chain.append((cur, e))
+        if e.encoding not in codecs.DELTA_ENCODINGS:
+            break
+        if len(chain) > 64:
+            raise IntegrityError(f"chunk {cid.hex()}: delta chain too long or cyclic (run `modelstore fsck`)")
+        cur = e.base
+    root_id, root = chain[-1]
+    enc, raw_len, _base, payload = store.packs.read(root_id, root.location, root.stored_len)
+    if len(chain) == 1:
+        data = codecs.decode(enc, payload, raw_len, out)
+    else:
+        data = out if out is not None else bytearray(raw_len)
+        codecs.decode(enc, payload, raw_len, data)
+        for link_id, link in reversed(chain[:-1]):
+            enc, raw_len, _base, payload = store.packs.read(link_id, link.location, link.stored_len)
+            codecs.xor_into(enc, payload, raw_len, data)
     if verify and hashing.digest(data) != cid:
         raise IntegrityError(f"chunk {cid.hex()} does not match its id (run `modelstore fsck`)")
     return data

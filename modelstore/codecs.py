@@ -99,6 +99,19 @@ def encode_delta(raw, base, dtype: DType) -> bytes:
                                   else [blosc2.Filter.NOFILTER]})
 
 
+def xor_into(encoding: int, payload, raw_len: int, data) -> None:
+    """Apply one delta record to `data` (the decoded base) in place."""
+    if encoding != XOR_BLOSC2:
+        raise FormatError(f"record encoding {encoding} is not a delta")
+    x = np.empty(raw_len, dtype=np.uint8)
+    decode(BLOSC2, payload, raw_len, x)
+    view = np.frombuffer(memoryview(data).cast("B")[:raw_len], dtype=np.uint8)
+    if raw_len % 8 == 0 and view.ctypes.data % 8 == 0:
+        np.bitwise_xor(view.view(np.uint64), x.view(np.uint64), out=view.view(np.uint64))
+    else:
+        np.bitwise_xor(view, x, out=view)
+
+
 def decode(encoding: int, payload, raw_len: int, out=None, base=None):
     """Decode a payload to exactly `raw_len` bytes (into `out` when given).
 
@@ -128,12 +141,10 @@ def decode(encoding: int, payload, raw_len: int, out=None, base=None):
     if encoding == XOR_BLOSC2:
         if base is None or len(base) != raw_len:
             raise IntegrityError("delta record without its base chunk")
-        x = decode(BLOSC2, payload, raw_len)
-        result = xor(x, base)
-        if out is not None:
-            memoryview(out).cast("B")[:raw_len] = result
-            return out
-        return result.tobytes()
+        dst = out if out is not None else bytearray(raw_len)
+        memoryview(dst).cast("B")[:raw_len] = base
+        xor_into(encoding, payload, raw_len, dst)
+        return dst
     if encoding == SPLITHUFF:
         if _native is None:
             raise FormatError("this record needs modelstore's native extension (reinstall with a C++ compiler)")

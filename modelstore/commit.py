@@ -154,11 +154,12 @@ class _Ingest:
                             tuple(st[4] for st in stats)) for t, dt, rows, ids, stats in plans]
 
     def _base_for(self, rd, parent: TensorEntry | None, i: int, length: int):
-        """(keyframe id, depth) to delta-encode chunk i against, or None.
+        """(base id, depth) to delta-encode chunk i against, or None.
 
-        The base is the parent's chunk at the same position; if that is itself a delta,
-        its own base is used instead, so chains stay one delta deep and a read decodes at
-        most two records. Past `delta_depth` versions a plain record starts a new chain.
+        The base is the parent's chunk at the same position (one training step away, so
+        the XOR is smallest); a chain grows by one per version until `delta_depth`, when a
+        plain record starts the next chain, so a read decodes at most delta_depth + 1
+        records.
         """
         if parent is None or self.max_depth <= 0 or i >= len(parent.chunks):
             return None
@@ -166,11 +167,8 @@ class _Ingest:
         e = rd.get(cand)
         if e is None or e.raw_len != length:
             return None
-        if e.encoding in codecs.DELTA_ENCODINGS:
-            base, depth = e.base, e.depth + 1
-        else:
-            base, depth = cand, 1
-        return (base, depth) if depth <= self.max_depth else None
+        depth = e.depth + 1 if e.encoding in codecs.DELTA_ENCODINGS else 1
+        return (cand, depth) if depth <= self.max_depth else None
 
     def _submit(self, cid, key, view, dt, length, slots, slot, known_stats, base, release) -> None:
         def work():
