@@ -325,28 +325,58 @@ void decode_plane_huff(const uint8_t* src, size_t size, uint8_t* dst, size_t cou
     const uint64_t mask = (1u << kMaxLen) - 1;
     const uint16_t* tb = table.data();
     // Interleave the four streams, 4 symbols each per round: independent dependency chains.
+    // State lives in locals (byte stores would otherwise force reloads of struct fields,
+    // since uint8_t may alias anything).
+    static_assert(kSegments == 4, "the unrolled loop below assumes 4 segments");
     size_t common = st[kSegments - 1].count;  // the last segment is the shortest
+    const uint8_t* __restrict b0 = st[0].bytes.data();
+    const uint8_t* __restrict b1 = st[1].bytes.data();
+    const uint8_t* __restrict b2 = st[2].bytes.data();
+    const uint8_t* __restrict b3 = st[3].bytes.data();
+    uint8_t* __restrict o0 = st[0].out;
+    uint8_t* __restrict o1 = st[1].out;
+    uint8_t* __restrict o2 = st[2].out;
+    uint8_t* __restrict o3 = st[3].out;
+    uint64_t q0 = 0, q1 = 0, q2 = 0, q3 = 0;
+    // The fast loop may read at most 8 bytes past pos/8; every stream has 16 bytes of
+    // padding, so stop once any stream could run past its data.
+    const uint64_t lim0 = uint64_t(st[0].size) * 8, lim1 = uint64_t(st[1].size) * 8;
+    const uint64_t lim2 = uint64_t(st[2].size) * 8, lim3 = uint64_t(st[3].size) * 8;
+    unsigned bad = 0;
     size_t i = 0;
-    for (; i + 4 <= common; i += 4) {
-        for (int j = 0; j < kSegments; j++) {
-            Stream& s = st[j];
-            if ((s.pos >> 3) > s.size + 8) throw std::runtime_error("splithuff: bit stream overrun");
-            uint64_t buf;
-            std::memcpy(&buf, s.bytes.data() + (s.pos >> 3), 8);
-            buf >>= (s.pos & 7);
-            unsigned total = 0, bad = 0;
-            for (int q = 0; q < 4; q++) {
-                uint16_t e = tb[buf & mask];
-                unsigned l = e >> 8;
-                bad |= (l == 0);
-                s.out[i + q] = uint8_t(e);
-                buf >>= l;
-                total += l;
-            }
-            if (bad) throw std::runtime_error("splithuff: invalid code");
-            s.pos += total;
-        }
+#define MS_DECODE4(B, Q, O)                                  \
+    {                                                        \
+        uint64_t buf;                                        \
+        std::memcpy(&buf, B + (Q >> 3), 8);                  \
+        buf >>= (Q & 7);                                     \
+        uint16_t e0 = tb[buf & mask];                        \
+        buf >>= (e0 >> 8);                                   \
+        uint16_t e1 = tb[buf & mask];                        \
+        buf >>= (e1 >> 8);                                   \
+        uint16_t e2 = tb[buf & mask];                        \
+        buf >>= (e2 >> 8);                                   \
+        uint16_t e3 = tb[buf & mask];                        \
+        O[i] = uint8_t(e0);                                  \
+        O[i + 1] = uint8_t(e1);                              \
+        O[i + 2] = uint8_t(e2);                              \
+        O[i + 3] = uint8_t(e3);                              \
+        bad |= unsigned((e0 >> 8) == 0) | unsigned((e1 >> 8) == 0) | \
+               unsigned((e2 >> 8) == 0) | unsigned((e3 >> 8) == 0); \
+        Q += (e0 >> 8) + (e1 >> 8) + (e2 >> 8) + (e3 >> 8);  \
     }
+    for (; i + 4 <= common; i += 4) {
+        if (q0 > lim0 || q1 > lim1 || q2 > lim2 || q3 > lim3) throw std::runtime_error("splithuff: bit stream overrun");
+        MS_DECODE4(b0, q0, o0)
+        MS_DECODE4(b1, q1, o1)
+        MS_DECODE4(b2, q2, o2)
+        MS_DECODE4(b3, q3, o3)
+    }
+#undef MS_DECODE4
+    if (bad) throw std::runtime_error("splithuff: invalid code");
+    st[0].pos = q0;
+    st[1].pos = q1;
+    st[2].pos = q2;
+    st[3].pos = q3;
     for (int j = 0; j < kSegments; j++) decode_tail(st[j], i, tb);
 }
 
