@@ -21,6 +21,10 @@ def __getattr__(name):
         from modelstore.store import Store
 
         return Store
+    if name == "diff_files":
+        from modelstore.diff import diff_files
+
+        return diff_files
     if name == "VersionInfo":
         from modelstore.catalog import VersionInfo
 
@@ -29,6 +33,6 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Store", "VersionInfo", "ModelstoreError", "NotFoundError", "AlreadyExistsError", "InvalidInputError",
+    "Store", "VersionInfo", "diff_files", "ModelstoreError", "NotFoundError", "AlreadyExistsError", "InvalidInputError",
     "LockedError", "ReadOnlyError", "IntegrityError", "FormatError", "InternalError", "__version__",
 ]

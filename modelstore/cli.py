@@ -303,6 +303,41 @@ def models(as_json: Annotated[bool, typer.Option("--json")] = False):
 
 
 @app.command()
+def diff(
+    a: Annotated[str, typer.Argument(help="Old side: REF (MODEL, MODEL@N, MODEL@TAG, content-id prefix) or a model file/folder.")],
+    b: Annotated[str, typer.Argument(help="New side: REF or a model file/folder.")],
+    layers: Annotated[bool, typer.Option("--layers", help="One row per layer block (name cut after its first numeric index, e.g. encoder.layer.3) instead of per tensor.")] = False,
+    atol: Annotated[float, typer.Option("--atol", help="Elements with |a-b| <= atol + rtol*|b| count as unchanged.")] = 0.0,
+    rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance (see --atol).")] = 0.0,
+    rank: Annotated[bool, typer.Option("--rank", help="Estimate the numerical rank of each modified 2-D delta (randomized; off by default for speed).")] = False,
+    rank_budget: Annotated[float, typer.Option("--rank-budget", help="At most this many seconds on --rank; later tensors are skipped.")] = 60.0,
+    limit: Annotated[int, typer.Option("--limit", help="Table rows to show (0 = all).")] = 50,
+    no_align: Annotated[bool, typer.Option("--no-align", help="Pair tensors by name only (no detection of inserted/removed layers).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the diff as one JSON document.")] = False,
+):
+    """What changed between two versions or model files: structure, then per-layer weights."""
+    from modelstore.diff import diff_files, needs_store
+
+    opts = dict(atol=atol, rtol=rtol, rank=rank, rank_budget=rank_budget, align=not no_align)
+    prog, task = _progress(0, "diff")
+    with prog:
+        def progress(done: int, total: int) -> None:
+            prog.update(task, completed=done, total=total)
+
+        if needs_store(a, b):
+            with _open() as s:
+                d = s.diff(a, b, progress=progress, **opts)
+        else:  # two existing files: no store is needed or opened
+            d = diff_files(a, b, progress=progress, **opts)
+    if as_json:
+        _emit_json(d.to_dict())
+        return
+    from modelstore.diff_render import render
+
+    render(d, _console(), layers=layers, limit=limit)
+
+
+@app.command()
 def demo():
     """Build a small demo store (./.modelstore unless --store) and tour it: log, stats, checkout, fsck."""
     import tempfile

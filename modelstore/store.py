@@ -115,6 +115,16 @@ class Store:
         ]
         return doc
 
+    def diff(self, a, b, **opts):
+        """What changed from `a` to `b`: each a REF or a model file path (see modelstore.diff).
+
+        Options: atol, rtol, rank, rank_budget, rank_max_elems, align, skip_shared, threads,
+        progress. Returns a modelstore.diff.Diff (``.to_dict()`` is the JSON of `modelstore diff`).
+        """
+        from modelstore.diff import diff
+
+        return diff(a, b, store=self, **opts)
+
     def zarr(self, ref: str):
         """A read-only zarr v3 Store over one version (see docs/FORMAT.md §8)."""
         from modelstore.zarr_view import VersionZarrStore
