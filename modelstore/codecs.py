@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 
-import blosc2
 import numpy as np
 
 from modelstore.dtypes import DType
@@ -21,6 +20,19 @@ SPLITHUFF = 2  # byte planes, Huffman-coded where it pays (csrc/modelstore/split
 XOR_BLOSC2 = 3  # blosc2 chunk of (these bytes XOR the base chunk's bytes); base in the record
 NAMES = {RAW: "raw", BLOSC2: "blosc2", SPLITHUFF: "splithuff", XOR_BLOSC2: "xor-blosc2"}
 DELTA_ENCODINGS = frozenset({XOR_BLOSC2})
+
+class _LazyBlosc2:
+    """`import blosc2` costs ~0.25 s (it pulls in an HTTP client); pay it only when a
+    blosc2 record is actually encoded or decoded, so short CLI commands stay fast."""
+
+    def __getattr__(self, name):
+        import blosc2 as module
+
+        globals()["blosc2"] = module
+        return getattr(module, name)
+
+
+blosc2 = _LazyBlosc2()
 
 try:
     from modelstore import _native
