@@ -5,7 +5,8 @@ delta_many on the native and numba backends with 1 and 2 threads, and prints GB/
 a + b read per second) beside two baselines measured in the same process:
 
 * membw: ``np.add.reduce`` of both buffers viewed as uint64 (reads the same bytes; the
-  memory-bandwidth ceiling of a single numpy thread);
+  memory-bandwidth ceiling of a single numpy thread), re-measured right before each kernel
+  figure because the machine may be shared;
 * numpy-script: the float64 numpy code one would write by hand for the same statistics.
 
 Run ``python benchmarks/bench_kernels.py`` or via ``benchmarks/run.py``. Sizes scale with
@@ -104,12 +105,12 @@ def _bench_dtype(report: Report, name: str, np_dtype, backends: list[str]) -> No
         be = kernels.get_backend(be_name)
         be.delta_many(pairs[:1], code, ATOL, RTOL, 1)  # warm-up (numba: load/compile)
         for threads in (1, 2):
+            # the machine may be shared: re-measure the ceiling right before each figure
+            bw = _membw(a, b)
             t = _best(lambda: be.delta_many(pairs, code, ATOL, RTOL, threads))
             gbs = nbytes / t / 1e9
-            report(f"{label} {be_name} t={threads} vs membw", gbs, "GB/s", membw)
+            report(f"{label} {be_name} t={threads} vs membw", gbs, "GB/s", bw)
             report(f"{label} {be_name} t={threads} vs numpy-script", gbs, "GB/s", np_gbs)
-    membw_after = _membw(a, b)  # the machine may be shared: show the drift
-    report(f"{label} membw again (after)", membw_after, "GB/s", membw)
     del a, b, a8, b8, pairs
     gc.collect()
 

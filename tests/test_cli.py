@@ -51,7 +51,7 @@ def test_tour(cli_store, ckpt, tmp_path):
     proc = run_cli("commit", ckpt, "--model", "bert-sst2", "-m", "epoch 3", "--meta", "lr=3e-5", store=cli_store, check=0)
     assert "bert-sst2@1" in proc.stdout
     log = json.loads(run_cli("log", "bert-sst2", "--json", store=cli_store, check=0).stdout)
-    assert log[0]["ref"] == "bert-sst2@1" and log[0]["meta"] == {"lr": "3e-5"} and log[0]["message"] == "epoch 3"
+    assert log[0]["ref"] == "bert-sst2@1" and log[0]["meta"] == {"lr": 3e-05} and log[0]["message"] == "epoch 3"
     show = json.loads(run_cli("show", "bert-sst2@1", "--json", store=cli_store, check=0).stdout)
     assert {t["name"] for t in show["tensors"]} == {"w", "b"}
     out = tmp_path / "out.safetensors"
