@@ -114,11 +114,14 @@ def commit(
     meta: Annotated[Optional[list[str]], typer.Option("--meta", help="KEY=VALUE metadata (repeatable).")] = None,
     parent: Annotated[Optional[list[str]], typer.Option("--parent", help="Parent REF (default: the model's latest version).")] = None,
     author: Annotated[Optional[str], typer.Option(help="Author (default: $MODELSTORE_AUTHOR or the user name).")] = None,
+    metric: Annotated[Optional[list[str]], typer.Option("--metric", help="DATASET:NAME=VALUE metric (repeatable), e.g. imagenet-val:accuracy=0.93.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the new version as JSON.")] = False,
 ):
     """Store a checkpoint as the next version of a model."""
+    from modelstore.annotate import parse_metric_option
     from modelstore.errors import NotFoundError
 
+    metrics = [parse_metric_option(m) for m in metric or []]
     if not path.exists():
         raise NotFoundError(f"{path}: no such file or directory")
     with _open() as s:
@@ -126,7 +129,7 @@ def commit(
         prog, task = _progress(total, "commit")
         with prog:
             info = s.commit(path, model=model, message=message, meta=_parse_kv(meta, "--meta"),
-                            parent=parent or None, author=author,
+                            parent=parent or None, author=author, metrics=metrics,
                             progress=lambda n: prog.advance(task, n))
     if as_json:
         _emit_json(info.to_dict())
@@ -141,6 +144,7 @@ def log(
 ):
     """List versions: number, content id, size, new bytes stored, author, message."""
     from rich.table import Table
+    from rich.text import Text
 
     with _open() as s:
         versions = s.log(model)
@@ -151,7 +155,8 @@ def log(
     for col in ("ref", "content id", "created", "size", "new", "author", "message"):
         table.add_column(col, justify="right" if col in ("size", "new") else "left")
     for v in versions:
-        table.add_row(v.ref, v.content_id[:12], v.created, _size(v.size), _size(v.stored), v.author, v.message)
+        table.add_row(Text(v.ref), v.content_id[:12], v.created, _size(v.size), _size(v.stored), Text(v.author),
+                      Text(v.message))  # user text, not rich markup
     _console().print(table)
 
 
@@ -162,6 +167,7 @@ def show(
 ):
     """Metadata, tensors and lineage of one version (or of a model file)."""
     from rich.table import Table
+    from rich.text import Text
 
     if Path(ref).exists() and not _looks_like_ref_in_store(ref):
         doc = _show_file(Path(ref))
@@ -178,10 +184,16 @@ def show(
         con.print(f"size {_size(doc['size'])} ({_size(doc['stored'])} new)  params {doc['params']:,}  "
                   f"tensors {doc['n_tensors']}  dtype {doc['dtype']}")
         if doc["message"]:
-            con.print(f"message: {doc['message']}")
+            print(f"message: {doc['message']}")
         con.print(f"parents: {', '.join(doc['parents']) or '-'}   children: {', '.join(doc['children']) or '-'}")
         for k, v in doc["meta"].items():
-            con.print(f"  {k} = {v}")
+            print(f"  {k} = {v}")  # user text: not rich markup
+        for ds, ms in doc["metrics"].items():
+            print(f"  {ds}: " + "  ".join(f"{k}={v:g}" for k, v in ms.items()))
+        if doc["tags"]:
+            print(f"tags: {', '.join(doc['tags'])}")
+        for c in doc["comments"]:
+            print(f"  {c['created']} {c['author']}: {c['text']}")
     else:
         con.print(f"[bold]{doc['path']}[/bold]  format {doc['format']}  size {_size(doc['size'])}  "
                   f"params {doc['params']:,}  tensors {len(doc['tensors'])}")
@@ -189,7 +201,7 @@ def show(
     for col in ("tensor", "dtype", "shape", "bytes"):
         table.add_column(col, justify="right" if col == "bytes" else "left")
     for t in doc["tensors"]:
-        table.add_row(t["name"], t["dtype"], str(tuple(t["shape"])), _size(t["bytes"]))
+        table.add_row(Text(t["name"]), t["dtype"], str(tuple(t["shape"])), _size(t["bytes"]))
     con.print(table)
 
 
@@ -369,6 +381,190 @@ def demo():
         rep = s.fsck()
         con.print(f"\n[bold]$ modelstore fsck[/bold]\n  {rep['chunks_verified']} chunks re-hashed: "
                   f"{'ok' if rep['ok'] else 'PROBLEMS'}")
+
+# -- catalog: query, metadata, metrics, tags, comments, lineage (docs/QUERY.md) ----------------
+meta_app = typer.Typer(help="Metadata of a version: set, unset, history.", no_args_is_help=True)
+metric_app = typer.Typer(help="Metrics of a version per validation dataset: add, history.", no_args_is_help=True)
+app.add_typer(meta_app, name="meta")
+app.add_typer(metric_app, name="metric")
+
+_AUTHOR = typer.Option(help="Author (default: $MODELSTORE_AUTHOR or the user name).")
+
+
+@app.command()
+def query(
+    expr: Annotated[str, typer.Argument(help='Query, e.g. \'task = "object-detection" and accuracy > 90% order by accuracy desc limit 10\' (docs/QUERY.md).')],
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of {ref, model, version, content_id, attributes, metrics}.")] = False,
+):
+    """Find versions by metadata and metrics."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from modelstore.query import table
+
+    with _open() as s:
+        result = s.query_result(expr)
+    if as_json:
+        _emit_json([v.to_query_json() for v in result.versions])
+        return
+    headers, rows = table(result)
+    t = Table(box=None)
+    for h in headers:
+        t.add_column(Text(h))
+    for r in rows:
+        t.add_row(*(Text(c) for c in r))  # user text, not rich markup
+    _console().print(t)
+    _console(stderr=True).print(f"{len(rows)} version(s)")
+
+
+@meta_app.command("set")
+def meta_set(
+    ref: Annotated[str, typer.Argument(help="REF of the version.")],
+    values: Annotated[list[str], typer.Argument(help="KEY=VALUE ... (typed: 1.0 number, true bool, 2026-01-02 time, else string).")],
+    author: Annotated[Optional[str], _AUTHOR] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+):
+    """Set metadata of a version (its content id does not change; old values stay in the history)."""
+    with _open() as s:
+        info = s.set_meta(ref, _parse_kv(values, "metadata"), author=author)
+    if as_json:
+        _emit_json(info.to_dict())
+    else:
+        print(f"{info.ref}: " + "  ".join(f"{k}={v}" for k, v in info.meta.items()))
+
+
+@meta_app.command("unset")
+def meta_unset(
+    ref: Annotated[str, typer.Argument(help="REF of the version.")],
+    keys: Annotated[list[str], typer.Argument(help="KEY ...")],
+    author: Annotated[Optional[str], _AUTHOR] = None,
+):
+    """Remove metadata keys of a version (their values stay in the history)."""
+    with _open() as s:
+        info = s.unset_meta(ref, keys, author=author)
+    print(f"{info.ref}: removed {', '.join(keys)}")
+
+
+@meta_app.command("history")
+def meta_history(
+    ref: Annotated[str, typer.Argument(help="REF of the version.")],
+    key: Annotated[Optional[str], typer.Argument(help="Only this key.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+):
+    """Every value the version's metadata had, oldest first."""
+    with _open() as s:
+        rows = s.meta_history(ref, key)
+    if as_json:
+        _emit_json(rows)
+        return
+    for r in rows:
+        until = f"until {r['replaced_at']} ({r['replaced_by']})" if r["replaced_at"] else "current"
+        print(f"{r['key']} = {r['value']}\tset {r['set_at']} by {r['author']}\t{until}")
+
+
+@metric_app.command("add")
+def metric_add(
+    ref: Annotated[str, typer.Argument(help="REF of the version.")],
+    values: Annotated[list[str], typer.Argument(help="NAME=VALUE ... (numbers; 93% means 0.93).")],
+    dataset: Annotated[str, typer.Option("--dataset", help="Validation dataset, e.g. imagenet-val.")],
+    author: Annotated[Optional[str], _AUTHOR] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+):
+    """Record metrics of a version on a validation dataset (a re-evaluation keeps the history)."""
+    with _open() as s:
+        info = s.add_metrics(ref, dataset, values, author=author)
+    if as_json:
+        _emit_json(info.to_dict())
+    else:
+        print(f"{info.ref} {dataset}: " + "  ".join(f"{k}={v:g}" for k, v in info.metrics[dataset].items()))
+
+
+@metric_app.command("history")
+def metric_history(
+    ref: Annotated[str, typer.Argument(help="REF of the version.")],
+    dataset: Annotated[Optional[str], typer.Option("--dataset")] = None,
+    name: Annotated[Optional[str], typer.Option("--name")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+):
+    """Every value recorded for the version's metrics, oldest first."""
+    with _open() as s:
+        rows = s.metric_history(ref, dataset, name)
+    if as_json:
+        _emit_json(rows)
+        return
+    for r in rows:
+        print(f"{r['dataset']}\t{r['name']} = {r['value']:g}\t{r['recorded']} by {r['author']}"
+              + ("" if r["latest"] else "\t(replaced)"))
+
+
+@app.command()
+def tag(
+    ref: Annotated[str, typer.Argument(help="REF of the version to tag (with --delete: any REF of the model).")],
+    name: Annotated[str, typer.Argument(help="Tag name, e.g. production; MODEL@NAME then resolves.")],
+    delete: Annotated[bool, typer.Option("--delete", help="Delete the tag.")] = False,
+    author: Annotated[Optional[str], _AUTHOR] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+):
+    """Tag a version (a tag moves when re-tagged), or delete a tag."""
+    with _open() as s:
+        doc = s.tag(ref, name, delete=delete, author=author)
+    if as_json:
+        _emit_json(doc)
+    elif delete:
+        print(f"deleted {doc['model']}@{doc['tag']} (was {doc['was']})")
+    else:
+        moved = f" (moved from {doc['previous']})" if doc["previous"] and doc["previous"] != doc["ref"] else ""
+        print(f"{doc['model']}@{doc['tag']} -> {doc['ref']}{moved}")
+
+
+@app.command()
+def tags(
+    model: Annotated[Optional[str], typer.Argument(help="Model name (default: every model).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+):
+    """List tags."""
+    with _open() as s:
+        rows = s.tags(model)
+    if as_json:
+        _emit_json(rows)
+    else:
+        for r in rows:
+            print(f"{r['model']}@{r['tag']}\t{r['ref']}\t{r['created']} by {r['author']}")
+
+
+@app.command()
+def comment(
+    ref: Annotated[str, typer.Argument(help="REF of the version.")],
+    text: Annotated[str, typer.Argument(help="The comment (at most 10,000 characters).")],
+    author: Annotated[Optional[str], _AUTHOR] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+):
+    """Comment on a version (shown by `show`)."""
+    with _open() as s:
+        doc = s.comment(ref, text, author=author)
+    if as_json:
+        _emit_json(doc)
+    else:
+        print(f"{doc['ref']}: comment #{doc['id']} by {doc['author']} at {doc['created']}")
+
+
+@app.command()
+def lineage(
+    ref: Annotated[str, typer.Argument(help="REF of the version.")],
+    depth: Annotated[Optional[int], typer.Option("--depth", min=1, help="Walk at most this many generations.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+):
+    """Ancestors (parents, their parents, ...) and descendants of a version."""
+    with _open() as s:
+        doc = s.lineage(ref, max_depth=depth)
+    if as_json:
+        _emit_json(doc)
+        return
+    print(f"{doc['ref']}  content {doc['content_id'][:12]}")
+    for title, rows in (("ancestors", doc["ancestors"]), ("descendants", doc["descendants"])):
+        print(f"{title}:" + ("" if rows else " -"))
+        for r in rows:
+            print(f"  {'  ' * (r['depth'] - 1)}{r['ref']}  {r['content_id'][:12]}  {r['created']}  {r['message']}")
 
 
 def main() -> None:

@@ -58,8 +58,15 @@ def commit(
     parent: str | list[str] | None = None,
     author: str | None = None,
     progress: Callable[[int], None] | None = None,
+    metrics: list | None = None,
 ) -> VersionInfo:
-    """Store a checkpoint (path or dict of arrays) as the next version of `model`."""
+    """Store a checkpoint (path or dict of arrays) as the next version of `model`.
+
+    `metrics` are (dataset, name, value) triples recorded with the version.
+    """
+    from modelstore.catalog import check_metrics
+
+    metrics = check_metrics(metrics)
     check_model_name(model)
     meta = check_meta(meta)
     parent_ids = _parents(store, model, parent)
@@ -83,7 +90,7 @@ def commit(
             model=model, content_id=content_id.hex(), message=message or "", author=author or default_author(),
             fmt=src.format, size=manifest.nbytes, stored=stored, params=manifest.params,
             n_tensors=len(manifest.tensors), dtype=by_dtype.most_common(1)[0][0] if by_dtype else "",
-            parents=parent_ids, meta=merged_meta,
+            parents=parent_ids, meta=merged_meta, metrics=metrics,
             tensors=[(e.name, e.dtype, str(list(e.shape)), e.nbytes) for e in manifest.tensors],
         )
 

@@ -52,12 +52,15 @@ class Store:
 
     # -- write -----------------------------------------------------------------------
     def commit(self, tensors_or_path, *, model: str, message: str = "", meta: dict | None = None,
-               parent=None, author: str | None = None, progress=None) -> VersionInfo:
-        """Store a checkpoint as the next version of `model`; returns its VersionInfo."""
+               parent=None, author: str | None = None, progress=None, metrics=None) -> VersionInfo:
+        """Store a checkpoint as the next version of `model`; returns its VersionInfo.
+
+        `metrics`: (dataset, name, value) triples, e.g. [("imagenet-val", "accuracy", 0.93)].
+        """
         from modelstore.commit import commit
 
         return commit(self, tensors_or_path, model=model, message=message, meta=meta, parent=parent,
-                      author=author, progress=progress)
+                      author=author, progress=progress, metrics=metrics)
 
     # -- read ------------------------------------------------------------------------
     def resolve(self, ref: str) -> VersionInfo:
@@ -130,6 +133,70 @@ class Store:
         from modelstore.zarr_view import VersionZarrStore
 
         return VersionZarrStore(self, self.manifest(ref))
+
+    # -- catalog: query and annotations (docs/QUERY.md) --------------------------------
+    def query(self, expr: str) -> list[VersionInfo]:
+        """Versions matching a query (docs/QUERY.md), in query order."""
+        from modelstore.query import run
+
+        return run(self.catalog, expr).versions
+
+    def query_result(self, expr: str):
+        """Like query(), plus the queried keys (the table's columns) and the plan: a query.QueryResult."""
+        from modelstore.query import run
+
+        return run(self.catalog, expr)
+
+    def set_meta(self, ref: str, values: dict, *, author: str | None = None) -> VersionInfo:
+        """Set typed metadata (content id unchanged; replaced values kept in the history)."""
+        from modelstore import annotate
+
+        return annotate.set_meta(self.catalog, ref, values, author=author)
+
+    def unset_meta(self, ref: str, keys: list[str], *, author: str | None = None) -> VersionInfo:
+        from modelstore import annotate
+
+        return annotate.unset_meta(self.catalog, ref, keys, author=author)
+
+    def meta_history(self, ref: str, key: str | None = None) -> list[dict]:
+        from modelstore import annotate
+
+        return annotate.meta_history(self.catalog, ref, key)
+
+    def add_metrics(self, ref: str, dataset: str, values, *, author: str | None = None) -> VersionInfo:
+        """Record metrics on a validation dataset ({name: value} or ["name=value", ...])."""
+        from modelstore import annotate
+
+        return annotate.add_metrics(self.catalog, ref, dataset, values, author=author)
+
+    def metric_history(self, ref: str, dataset: str | None = None, name: str | None = None) -> list[dict]:
+        from modelstore import annotate
+
+        return annotate.metric_history(self.catalog, ref, dataset, name)
+
+    def tag(self, ref: str, name: str, *, delete: bool = False, author: str | None = None) -> dict:
+        """Point MODEL@NAME at a version (moving it), or delete the tag."""
+        from modelstore import annotate
+
+        if delete:
+            return annotate.untag(self.catalog, ref, name)
+        return annotate.tag(self.catalog, ref, name, author=author)
+
+    def tags(self, model: str | None = None) -> list[dict]:
+        from modelstore import annotate
+
+        return annotate.tags(self.catalog, model)
+
+    def comment(self, ref: str, text: str, *, author: str | None = None) -> dict:
+        from modelstore import annotate
+
+        return annotate.comment(self.catalog, ref, text, author=author)
+
+    def lineage(self, ref: str, *, max_depth: int | None = None) -> dict:
+        """Ancestors and descendants of a version (each with its depth)."""
+        from modelstore import annotate
+
+        return annotate.lineage(self.catalog, ref, max_depth=max_depth)
 
     # -- maintenance -----------------------------------------------------------------
     def stats(self) -> dict:
