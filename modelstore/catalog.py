@@ -727,6 +727,20 @@ class Catalog:
         """(version id, content id) of every version (for gc and fsck)."""
         return list(self.db.execute("SELECT id, content_id FROM versions"))
 
+    def delete_version(self, vid: int) -> None:
+        """Remove a version and everything describing it, in one transaction; its children
+        are re-parented to its parents so lineage stays connected. Its chunks and manifest
+        become unreferenced (and `gc` reclaims them unless other versions or deltas use them)."""
+        with self.transaction():
+            self.db.execute(
+                "INSERT OR IGNORE INTO lineage(child, parent) SELECT c.child, p.parent FROM lineage c "
+                "JOIN lineage p ON p.child = c.parent WHERE c.parent = ?", (vid,))
+            self.db.execute("DELETE FROM lineage WHERE child = ? OR parent = ?", (vid, vid))
+            for table in ("attrs", "attr_history", "metrics", "metric_history", "tags", "comments"):
+                self.db.execute(f"DELETE FROM {table} WHERE version_id = ?", (vid,))  # fixed table names
+            if self.db.execute("DELETE FROM versions WHERE id = ?", (vid,)).rowcount != 1:
+                raise NotFoundError(f"version id {vid} not found")
+
     def children(self, vid: int) -> list[VersionInfo]:
         return self.versions_by_ids([c for (c,) in self.db.execute(
             "SELECT child FROM lineage WHERE parent=? ORDER BY child", (vid,))])

@@ -303,6 +303,14 @@ def gc(
 
 
 @app.command()
+def rm(ref: Annotated[str, typer.Argument(help="REF of the version to delete.")]):
+    """Delete a version (its children keep their other ancestors); run `gc` to reclaim space."""
+    with _open() as s:
+        info = s.delete(ref)
+    print(f"deleted {info.ref} ({info.content_id[:12]}); run `modelstore gc` to reclaim space")
+
+
+@app.command()
 def models(as_json: Annotated[bool, typer.Option("--json")] = False):
     """List models and their number of versions."""
     with _open() as s:

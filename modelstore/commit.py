@@ -9,15 +9,13 @@ read through memory maps and only the pack writer's short queue holds encoded re
 
 from __future__ import annotations
 
-import getpass
-import os
-import re
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from modelstore import chunking, codecs, dtypes, hashing, kernels
-from modelstore.catalog import VersionInfo, check_model_name
+from modelstore import annotate
+from modelstore.catalog import META_KEY, VersionInfo, check_meta_key, check_model_name
 from modelstore.chunkindex import Entry
 from modelstore.errors import InvalidInputError, ModelstoreError
 from modelstore.formats import open_model
@@ -25,27 +23,19 @@ from modelstore.locking import store_lock
 from modelstore.manifest import Manifest, TensorEntry, TensorStats
 from modelstore.packs import NO_BASE, PackWriter
 
-META_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
 MAX_META_VALUE = 10_000
 
 
 def check_meta(meta: dict | None) -> dict[str, str]:
+    """User metadata given at commit: valid, non-built-in keys; values as strings (typed later)."""
     out = {}
     for k, v in (meta or {}).items():
-        if not isinstance(k, str) or not META_KEY.match(k):
-            raise InvalidInputError(f"invalid metadata key {str(k)[:60]!r}: letters, digits, '_', '.', '-'; starting with a letter")
+        check_meta_key(k, builtin_ok=False)
         v = str(v)
         if len(v) > MAX_META_VALUE:
             raise InvalidInputError(f"metadata value for {k!r} is longer than {MAX_META_VALUE} characters")
         out[k] = v
     return out
-
-
-def default_author() -> str:
-    try:
-        return os.environ.get("MODELSTORE_AUTHOR") or getpass.getuser()
-    except Exception:
-        return "unknown"
 
 
 def commit(
@@ -87,7 +77,7 @@ def commit(
             by_dtype[e.dtype] += e.nbytes
         merged_meta = {**check_meta_lenient(src.metadata), **meta}
         return store.catalog.insert_version(
-            model=model, content_id=content_id.hex(), message=message or "", author=author or default_author(),
+            model=model, content_id=content_id.hex(), message=message or "", author=author or annotate.default_author(),
             fmt=src.format, size=manifest.nbytes, stored=stored, params=manifest.params,
             n_tensors=len(manifest.tensors), dtype=by_dtype.most_common(1)[0][0] if by_dtype else "",
             parents=parent_ids, meta=merged_meta, metrics=metrics,

@@ -9,6 +9,7 @@ by an interrupted commit) are not damage: they are reported and `gc` removes the
 from __future__ import annotations
 
 from modelstore.checkout import read_chunk
+from modelstore.gc import with_bases
 from modelstore.errors import ModelstoreError
 from modelstore.manifest import Manifest
 
@@ -39,6 +40,10 @@ def fsck(store, verify_data: bool = True) -> dict:
     entries = dict(store.index.iter_entries())
     for cid in sorted(referenced - entries.keys()):
         problems.append(f"missing chunk {cid.hex()} (referenced by a version)")
+    direct = referenced
+    referenced = with_bases(store, referenced)  # delta bases are referenced too
+    for cid in sorted(referenced - direct - entries.keys()):
+        problems.append(f"missing delta base {cid.hex()}")
 
     checked = checked_bytes = 0
     if verify_data:

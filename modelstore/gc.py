@@ -26,16 +26,21 @@ def reachable(store) -> tuple[set[bytes], set[bytes]]:
             continue
         manifests.add(cid)
         chunks |= Manifest.from_json(raw).chunk_ids()
-    # A delta record needs its base: follow base links to a fixed point.
+    return manifests, with_bases(store, chunks)
+
+
+def with_bases(store, chunks: set[bytes]) -> set[bytes]:
+    """`chunks` plus every record their delta chains need (base links to a fixed point)."""
+    chunks = set(chunks)
     frontier = set(chunks)
     while frontier:
         bases = set()
-        for cid, e in store.index.get_many(frontier).items():
+        for _cid, e in store.index.get_many(frontier).items():
             if any(e.base) and e.base not in chunks:
                 bases.add(e.base)
         chunks |= bases
         frontier = bases
-    return manifests, chunks
+    return chunks
 
 
 def gc(store, dry_run: bool = False) -> dict:

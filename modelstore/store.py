@@ -134,6 +134,12 @@ class Store:
 
         return VersionZarrStore(self, self.manifest(ref))
 
+    def delete(self, ref: str) -> VersionInfo:
+        """Delete a version from the catalog (its weights go at the next `gc`, unless shared)."""
+        info = self.resolve(ref)
+        self.catalog.delete_version(info.id)
+        return info
+
     # -- catalog: query and annotations (docs/QUERY.md) --------------------------------
     def query(self, expr: str) -> list[VersionInfo]:
         """Versions matching a query (docs/QUERY.md), in query order."""

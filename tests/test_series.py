@@ -119,3 +119,24 @@ def test_missing_base_is_reported_not_decoded(tmp_path):
         s.load(v2.ref)
     assert not s.fsck()["ok"]
     s.close()
+
+
+def test_delete_middle_version_then_gc_keeps_later_versions(tmp_path):
+    s = Store.init(tmp_path / "s", chunk_target_bytes=8 << 10, delta_depth=4)
+    series = list(_train_mlp_series(6))
+    infos = [s.commit(ck, model="mlp", message=f"epoch {i}") for i, ck in enumerate(series)]
+    deltas = [e for e in s.index.get_many(s.manifest(infos[3].ref).chunk_ids()).values() if e.depth > 0]
+    assert deltas, "the series should be stored as deltas"
+    s.delete(infos[2].ref)  # a middle version that later deltas are chained through
+    assert [v.number for v in s.log("mlp")] == [1, 2, 4, 5, 6]
+    assert s.resolve("mlp@4").parents == ["mlp@2"]  # re-parented across the gap
+    freed = s.gc()
+    assert freed["manifests_removed"] == 1
+    for i, ck in enumerate(series):
+        if i == 2:
+            continue
+        got = s.load(infos[i].ref)
+        assert all(got[k].tobytes() == v.tobytes() for k, v in ck.items())
+    rep = s.fsck()
+    assert rep["ok"] and rep["unreferenced_chunks"] == 0
+    s.close()
