@@ -384,8 +384,15 @@ def demo():
             out = Path(tmp) / "checkout.safetensors"
             s.checkout(versions[-1].ref, out)
             back = s.load(versions[-1].ref)
+            from modelstore.formats import open_model
+
+            with open_model(out) as src:  # the file holds exactly the stored bytes
+                same = all(bytes(t.buffer()) == back[t.name].tobytes() for t in src.tensors)
             con.print(f"\n[bold]$ modelstore checkout {versions[-1].ref} -o checkout.safetensors[/bold]\n"
-                      f"  {len(back)} tensors, {out.stat().st_size / 1e6:.1f} MB written, bit-exact")
+                      f"  {len(back)} tensors, {out.stat().st_size / 1e6:.1f} MB written, "
+                      f"{'bit-exact' if same else 'MISMATCH'}")
+            if not same:
+                raise typer.Exit(1)
         rep = s.fsck()
         con.print(f"\n[bold]$ modelstore fsck[/bold]\n  {rep['chunks_verified']} chunks re-hashed: "
                   f"{'ok' if rep['ok'] else 'PROBLEMS'}")
