@@ -25,6 +25,7 @@ REC_MAGIC = b"MSRC"
 REC_HEADER = struct.Struct("<4s16sB3xQQ16s")  # magic, id, encoding, raw_len, stored_len, base
 NO_BASE = bytes(16)
 MAX_PACK_BYTES = 1 << 30
+SYNC_EVERY = 64 << 20  # the writer thread syncs as it goes
 
 
 def pack_path(packs_dir: Path, number: int) -> Path:
@@ -153,6 +154,7 @@ class PackWriter:
         self._fd = -1
 
     def _run(self) -> None:
+        unsynced = 0
         while True:
             item = self._q.get()
             if item is None:
@@ -162,6 +164,11 @@ class PackWriter:
             fd, data = item
             try:
                 _write_all(fd, data)
+                # Push data to disk while the encoders work, so finish()'s fsync is short.
+                unsynced += len(data)
+                if unsynced >= SYNC_EVERY:
+                    os.fdatasync(fd)
+                    unsynced = 0
             except BaseException as exc:  # surfaced to the caller by append/finish
                 self._error = exc
 
