@@ -17,12 +17,11 @@ from modelstore.packs import PackReader
 
 
 class Store:
-    def __init__(self, root: Path, *, readonly: bool = False):
+    def __init__(self, root: Path):
         self.root = Path(root)
         self.layout = cfg.Layout(self.root)
         self.config = cfg.read(self.root)
-        self.readonly = readonly
-        self.index = ChunkIndex(self.layout.index, readonly=False)
+        self.index = ChunkIndex(self.layout.index)
         self.packs = PackReader(self.layout.packs)
         self.catalog = Catalog(self.layout.catalog)
 
