@@ -324,11 +324,25 @@ void decode_plane_huff(const uint8_t* src, size_t size, uint8_t* dst, size_t cou
     }
     const uint64_t mask = (1u << kMaxLen) - 1;
     const uint16_t* tb = table.data();
-    // Interleave the four streams, 4 symbols each per round: independent dependency chains.
-    // State lives in locals (byte stores would otherwise force reloads of struct fields,
-    // since uint8_t may alias anything).
+    // Two-symbol table: a 12-bit window often holds two short codes (exponent planes
+    // average ~3 bits a symbol), so one lookup yields 1 or 2 symbols.
+    // entry = sym1 | sym2 << 8 | bits << 16 | count << 24
+    std::vector<uint32_t> table2(size_t(1) << kMaxLen, 0);
+    for (uint32_t w = 0; w < (1u << kMaxLen); w++) {
+        uint16_t e1 = tb[w];
+        unsigned l1 = e1 >> 8;
+        if (!l1) continue;  // invalid code: entry 0 (0 bits) is caught below
+        uint16_t e2 = tb[w >> l1];
+        unsigned l2 = e2 >> 8;
+        if (l2 && l1 + l2 <= unsigned(kMaxLen))
+            table2[w] = uint32_t(e1 & 255) | uint32_t(e2 & 255) << 8 | (l1 + l2) << 16 | 2u << 24;
+        else
+            table2[w] = uint32_t(e1 & 255) | l1 << 16 | 1u << 24;
+    }
+    const uint32_t* t2 = table2.data();
+    // Interleave the four streams: independent dependency chains. State lives in locals
+    // (byte stores would otherwise force reloads of struct fields: uint8_t aliases anything).
     static_assert(kSegments == 4, "the unrolled loop below assumes 4 segments");
-    size_t common = st[kSegments - 1].count;  // the last segment is the shortest
     const uint8_t* __restrict b0 = st[0].bytes.data();
     const uint8_t* __restrict b1 = st[1].bytes.data();
     const uint8_t* __restrict b2 = st[2].bytes.data();
@@ -337,47 +351,48 @@ void decode_plane_huff(const uint8_t* src, size_t size, uint8_t* dst, size_t cou
     uint8_t* __restrict o1 = st[1].out;
     uint8_t* __restrict o2 = st[2].out;
     uint8_t* __restrict o3 = st[3].out;
+    const size_t c0 = st[0].count, c1 = st[1].count, c2 = st[2].count, c3 = st[3].count;
     uint64_t q0 = 0, q1 = 0, q2 = 0, q3 = 0;
-    // The fast loop may read at most 8 bytes past pos/8; every stream has 16 bytes of
-    // padding, so stop once any stream could run past its data.
+    size_t i0 = 0, i1 = 0, i2 = 0, i3 = 0;
+    // A round reads at most 8 bytes past pos/8 and each stream has 16 bytes of padding.
     const uint64_t lim0 = uint64_t(st[0].size) * 8, lim1 = uint64_t(st[1].size) * 8;
     const uint64_t lim2 = uint64_t(st[2].size) * 8, lim3 = uint64_t(st[3].size) * 8;
     unsigned bad = 0;
-    size_t i = 0;
-#define MS_DECODE4(B, Q, O)                                  \
-    {                                                        \
-        uint64_t buf;                                        \
-        std::memcpy(&buf, B + (Q >> 3), 8);                  \
-        buf >>= (Q & 7);                                     \
-        uint16_t e0 = tb[buf & mask];                        \
-        buf >>= (e0 >> 8);                                   \
-        uint16_t e1 = tb[buf & mask];                        \
-        buf >>= (e1 >> 8);                                   \
-        uint16_t e2 = tb[buf & mask];                        \
-        buf >>= (e2 >> 8);                                   \
-        uint16_t e3 = tb[buf & mask];                        \
-        O[i] = uint8_t(e0);                                  \
-        O[i + 1] = uint8_t(e1);                              \
-        O[i + 2] = uint8_t(e2);                              \
-        O[i + 3] = uint8_t(e3);                              \
-        bad |= unsigned((e0 >> 8) == 0) | unsigned((e1 >> 8) == 0) | \
-               unsigned((e2 >> 8) == 0) | unsigned((e3 >> 8) == 0); \
-        Q += (e0 >> 8) + (e1 >> 8) + (e2 >> 8) + (e3 >> 8);  \
+    // 4 lookups of <= 12 bits use <= 48 of the >= 57 valid bits, and write <= 8 symbols
+    // (the second byte is written speculatively and overwritten when count is 1).
+#define MS_DECODE(B, Q, O, I)                                   \
+    {                                                           \
+        uint64_t buf;                                           \
+        std::memcpy(&buf, B + (Q >> 3), 8);                     \
+        buf >>= (Q & 7);                                        \
+        unsigned used = 0;                                      \
+        for (int r = 0; r < 4; r++) {                           \
+            uint32_t e = t2[buf & mask];                        \
+            unsigned bits = (e >> 16) & 255;                    \
+            O[I] = uint8_t(e);                                  \
+            O[I + 1] = uint8_t(e >> 8);                         \
+            I += e >> 24;                                       \
+            bad |= unsigned(bits == 0);                         \
+            buf >>= bits;                                       \
+            used += bits;                                       \
+        }                                                       \
+        Q += used;                                              \
     }
-    for (; i + 4 <= common; i += 4) {
-        if (q0 > lim0 || q1 > lim1 || q2 > lim2 || q3 > lim3) throw std::runtime_error("splithuff: bit stream overrun");
-        MS_DECODE4(b0, q0, o0)
-        MS_DECODE4(b1, q1, o1)
-        MS_DECODE4(b2, q2, o2)
-        MS_DECODE4(b3, q3, o3)
+    while (i0 + 8 <= c0 && i1 + 8 <= c1 && i2 + 8 <= c2 && i3 + 8 <= c3) {
+        if (q0 > lim0 || q1 > lim1 || q2 > lim2 || q3 > lim3 || bad) break;
+        MS_DECODE(b0, q0, o0, i0)
+        MS_DECODE(b1, q1, o1, i1)
+        MS_DECODE(b2, q2, o2, i2)
+        MS_DECODE(b3, q3, o3, i3)
     }
-#undef MS_DECODE4
+#undef MS_DECODE
     if (bad) throw std::runtime_error("splithuff: invalid code");
     st[0].pos = q0;
     st[1].pos = q1;
     st[2].pos = q2;
     st[3].pos = q3;
-    for (int j = 0; j < kSegments; j++) decode_tail(st[j], i, tb);
+    const size_t from[kSegments] = {i0, i1, i2, i3};
+    for (int j = 0; j < kSegments; j++) decode_tail(st[j], from[j], tb);
 }
 
 }  // namespace
