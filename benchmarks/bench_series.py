@@ -78,6 +78,16 @@ def lowrank_merge():
     yield out
 
 
+def long_series(steps=50):
+    """A 50-checkpoint run where every weight moves a little each step (chain length matters)."""
+    from modelstore.testing.models import train_step
+
+    sd = transformer(n_layers=4, d_model=int(384 * max(SCALE, 0.25)), vocab=4000, seed=11)
+    for i in range(steps):
+        sd = train_step(sd, lr=1e-4, seed=i)
+        yield sd
+
+
 def _zipnn(files: list[Path], dtype: str):
     try:
         from zipnn import ZipNN
@@ -146,6 +156,7 @@ def run(report) -> None:
         bench_series(report, "mlp-20-epochs", mlp_training(), "F32", Path(tmp))
         bench_series(report, "frozen-10of12-finetune", frozen_finetune(), "F32", Path(tmp))
         bench_series(report, "bf16-1GB-lowrank-merge", lowrank_merge(), "BF16", Path(tmp))
+        bench_series(report, "fp32-50-steps", long_series(), "F32", Path(tmp))
 
 
 def main() -> None:
