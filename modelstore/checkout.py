@@ -18,14 +18,12 @@ from modelstore.errors import IntegrityError
 from modelstore.manifest import Manifest, TensorEntry
 
 
-def read_chunk(store, cid: bytes, out=None, verify: bool = True):
-    """Decoded bytes of one chunk (into `out` when given), checked against its id.
+def delta_chain(store, cid: bytes) -> list:
+    """[(id, index entry)] from `cid` down to its plain (non-delta) record.
 
-    A delta chain is decoded in one buffer: the plain record at its root first, then each
-    XOR delta on top. Only the final bytes need checking: a wrong link anywhere yields
-    bytes that do not hash to `cid`. A missing base is an IntegrityError naming it.
+    IntegrityError when a link is missing or the chain is implausibly long (cyclic).
     """
-    chain = []  # (cid, entry) from `cid` down to a plain record
+    chain = []
     cur = cid
     while True:
         e = store.index.get(cur)
@@ -35,10 +33,20 @@ def read_chunk(store, cid: bytes, out=None, verify: bool = True):
             check_entry(cur, None)
         chain.append((cur, e))
         if e.encoding not in codecs.DELTA_ENCODINGS:
-            break
+            return chain
         if len(chain) > 64:
             raise IntegrityError(f"chunk {cid.hex()}: delta chain too long or cyclic (run `modelstore fsck`)")
         cur = e.base
+
+
+def read_chunk(store, cid: bytes, out=None, verify: bool = True):
+    """Decoded bytes of one chunk (into `out` when given), checked against its id.
+
+    A delta chain is decoded in one buffer: the plain record at its root first, then each
+    XOR delta on top. Only the final bytes need checking: a wrong link anywhere yields
+    bytes that do not hash to `cid`. A missing base is an IntegrityError naming it.
+    """
+    chain = delta_chain(store, cid)
     root_id, root = chain[-1]
     enc, raw_len, _base, payload = store.packs.read(root_id, root.location, root.stored_len)
     if len(chain) == 1:

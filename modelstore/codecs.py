@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+import threading
+
 import numpy as np
 
 from modelstore.dtypes import DType
@@ -111,11 +113,21 @@ def encode_delta(raw, base, dtype: DType) -> bytes:
                                   else [blosc2.Filter.NOFILTER]})
 
 
+_scratch = threading.local()
+
+
 def xor_into(encoding: int, payload, raw_len: int, data) -> None:
-    """Apply one delta record to `data` (the decoded base) in place."""
+    """Apply one delta record to `data` (the decoded base) in place.
+
+    The XOR payload decodes into a per-thread scratch buffer: a fresh allocation per link
+    costs page faults that halved chain decoding speed.
+    """
     if encoding != XOR_BLOSC2:
         raise FormatError(f"record encoding {encoding} is not a delta")
-    x = np.empty(raw_len, dtype=np.uint8)
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.size < raw_len:
+        buf = _scratch.buf = np.empty(max(raw_len, 1 << 22), dtype=np.uint8)
+    x = buf[:raw_len]
     decode(BLOSC2, payload, raw_len, x)
     view = np.frombuffer(memoryview(data).cast("B")[:raw_len], dtype=np.uint8)
     if raw_len % 8 == 0 and view.ctypes.data % 8 == 0:

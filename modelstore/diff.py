@@ -122,8 +122,6 @@ from modelstore.diff_weights import (  # noqa: F401
     _Engine,
     _pair_result,
     _chain,
-    _scratch,
-    _xor_into,
     _read_pair,
     _BufferPool,
     _skip_part,

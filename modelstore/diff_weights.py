@@ -259,46 +259,14 @@ def _pair_result(job) -> tuple:
 
 
 def _chain(store, cid: bytes) -> list | None:
-    """[(id, index entry)] from `cid` down to its plain (non-delta) record, or None if any
-    link is missing (read_chunk then reports it)."""
-    from modelstore import codecs
+    """The delta chain of `cid`, or None if a link is missing (read_chunk then reports it)."""
+    from modelstore.checkout import delta_chain
+    from modelstore.errors import ModelstoreError
 
-    delta = getattr(codecs, "DELTA_ENCODINGS", frozenset())
-    chain, cur = [], cid
-    while len(chain) <= 64:
-        e = store.index.get(cur)
-        if e is None:
-            return None
-        chain.append((cur, e))
-        if e.encoding not in delta:
-            return chain
-        cur = e.base
-    return None
-
-
-_scratch = threading.local()
-
-
-def _xor_into(codecs, enc: int, payload, raw_len: int, out) -> None:
-    """codecs.xor_into, decoding the XOR record into a per-thread scratch buffer instead of
-    a fresh allocation each time (whose page faults made it 2x slower). XOR_BLOSC2's meaning
-    (a blosc2 record of the XOR) is fixed by the on-disk format; other encodings go through
-    codecs.xor_into."""
-    import numpy as np
-
-    if enc != getattr(codecs, "XOR_BLOSC2", None) or raw_len % 8:
-        codecs.xor_into(enc, payload, raw_len, out)
-        return
-    buf = getattr(_scratch, "buf", None)
-    if buf is None or buf.size < raw_len:
-        buf = _scratch.buf = np.empty(max(raw_len, 1 << 22), dtype=np.uint8)
-    x = buf[:raw_len]
-    codecs.decode(codecs.BLOSC2, payload, raw_len, x)
-    view = np.frombuffer(memoryview(out).cast("B")[:raw_len], dtype=np.uint8)
-    if view.ctypes.data % 8 == 0:
-        np.bitwise_xor(view.view(np.uint64), x.view(np.uint64), out=view.view(np.uint64))
-    else:
-        np.bitwise_xor(view, x, out=view)
+    try:
+        return delta_chain(store, cid)
+    except ModelstoreError:
+        return None
 
 
 def _read_pair(store, ca: bytes, cb: bytes, out_a, out_b) -> tuple:
@@ -321,7 +289,7 @@ def _read_pair(store, ca: bytes, cb: bytes, out_a, out_b) -> tuple:
             memoryview(out2).cast("B")[:] = memoryview(x).cast("B")
             for link_id, link in reversed(chain[:ids.index(first)]):
                 enc, raw_len, _base, payload = store.packs.read(link_id, link.location, link.stored_len)
-                _xor_into(codecs, enc, payload, raw_len, out2)
+                codecs.xor_into(enc, payload, raw_len, out2)
             if hashing.digest(out2) != second:
                 raise IntegrityError(f"chunk {second.hex()} does not match its id (run `modelstore fsck`)")
             return (out2, x) if flip else (x, out2)
