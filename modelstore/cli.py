@@ -581,6 +581,14 @@ def lineage(
         for r in rows:
             print(f"  {'  ' * (r['depth'] - 1)}{r['ref']}  {r['content_id'][:12]}  {r['created']}  {r['message']}")
 
+# -- commands that live in their own modules (server, remotes, imports): each exposes
+# register(app) and imports its heavy dependencies inside the commands.
+for _ext in ("modelstore.cli_serve", "modelstore.cli_remote", "modelstore.cli_import"):
+    import importlib.util as _ilu
+
+    if _ilu.find_spec(_ext) is not None:
+        __import__(_ext, fromlist=["register"]).register(app)
+
 
 def main() -> None:
     """Console entry point: run the app, turning library errors into one stderr line."""

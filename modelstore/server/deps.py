@@ -1,0 +1,38 @@
+"""Request dependencies shared by every router: the store for this thread, and access checks."""
+
+from __future__ import annotations
+
+from fastapi import HTTPException, Request
+
+
+def store(request: Request):
+    """The Store opened by this server thread (FastAPI runs sync endpoints in a thread pool)."""
+    return request.app.state.stores.get()
+
+
+def _deny(request: Request, need: str) -> None:
+    cfg = request.app.state.config
+    got = cfg.access(request.headers.get("authorization"))
+    if need == "read" and (not cfg.private or got in ("read", "write")):
+        return
+    if need == "write" and (cfg.token is None and not cfg.private or got == "write"):
+        return
+    if got is None:
+        raise HTTPException(401, "a valid token is required: send 'Authorization: Bearer <token>'",
+                            headers={"WWW-Authenticate": "Bearer"})
+    raise HTTPException(403, "this token may only read")
+
+
+def can_read(request: Request) -> None:
+    """Dependency: reads are open unless the server is --private."""
+    _deny(request, "read")
+
+
+def can_write(request: Request) -> None:
+    """Dependency: with a token configured every write needs it."""
+    _deny(request, "write")
+
+
+def author(request: Request) -> str | None:
+    """Who is writing: the X-Modelstore-User header if given (recorded as the author)."""
+    return request.headers.get("x-modelstore-user") or None
