@@ -10,6 +10,7 @@ import hmac
 import importlib
 import os
 import threading
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -31,8 +32,11 @@ class ServerConfig:
     """What the server was started with: the store root and the tokens it accepts."""
 
     def __init__(self, root: Path, token: str | None = None, read_tokens: tuple[str, ...] = (),
-                 private: bool = False):
+                 private: bool = False, max_upload_bytes: int | None = None):
+        from modelstore.server.upload import DEFAULT_MAX_UPLOAD
+
         self.root = Path(root)
+        self.max_upload_bytes = DEFAULT_MAX_UPLOAD if max_upload_bytes is None else int(max_upload_bytes)
         self.token = token or None          # read-write token (None: writes are open)
         self.read_tokens = tuple(t for t in read_tokens if t)
         self.private = private              # reads need a token too
@@ -50,31 +54,56 @@ class ServerConfig:
 
 
 class StoreHandles:
-    """One open Store per server thread: the catalog's SQLite connection is not shared
-    across concurrent requests; the LMDB environment is shared process-wide underneath."""
+    """Open Stores of this server; a catalog's SQLite connection is never used by two requests
+    at once (the LMDB environment is shared process-wide underneath).
+
+    - lease(): a Store owned by one request until it returns it (deps.store uses this:
+      FastAPI may run a dependency and its endpoint on different pool threads, so a
+      per-thread handle obtained in the dependency could be in use by another request);
+    - get(): the Store of the calling thread, for code that runs wholly on one thread.
+    """
 
     def __init__(self, root: Path):
         self.root = root
         self._local = threading.local()
+        self._free: list = []
         self._all: list = []
         self._lock = threading.Lock()
+
+    def _open(self):
+        from modelstore.store import Store
+
+        s = Store.open(self.root)
+        with self._lock:
+            self._all.append(s)
+        return s
 
     def get(self):
         s = getattr(self._local, "store", None)
         if s is None:
-            from modelstore.store import Store
-
-            s = Store.open(self.root)
-            self._local.store = s
-            with self._lock:
-                self._all.append(s)
+            s = self._local.store = self._open()
         return s
+
+    @contextmanager
+    def lease(self):
+        with self._lock:
+            s = self._free.pop() if self._free else None
+        if s is None:
+            s = self._open()
+        try:
+            yield s
+        finally:
+            if s.catalog.db.in_transaction:  # never hand on a connection inside a transaction
+                s.catalog.db.execute("ROLLBACK")
+            with self._lock:
+                self._free.append(s)
 
     def close(self) -> None:
         with self._lock:
             for s in self._all:
                 s.close()
             self._all.clear()
+            self._free.clear()
 
 
 def error_body(kind: str, message: str) -> dict:
@@ -90,14 +119,22 @@ _HTTP_KINDS = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "me
 
 
 def create_app(root: str | os.PathLike, *, token: str | None = None, read_tokens=(),
-               private: bool = False) -> FastAPI:
-    """The app serving the store at `root` (which must exist)."""
+               private: bool = False, max_upload_bytes: int | None = None) -> FastAPI:
+    """The app serving the store at `root` (which must exist); uploads up to `max_upload_bytes`
+    (default 64 GiB)."""
     from modelstore.config import locate
 
     root = locate(root)
-    app = FastAPI(title="modelstore", version=__version__,
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        app.state.stores.close()
+
+    app = FastAPI(title="modelstore", version=__version__, lifespan=lifespan,
                   description="A database for model versions: browse, query, diff, push and pull.")
-    app.state.config = ServerConfig(root, token=token, read_tokens=tuple(read_tokens), private=private)
+    app.state.config = ServerConfig(root, token=token, read_tokens=tuple(read_tokens), private=private,
+                                    max_upload_bytes=max_upload_bytes)
     app.state.stores = StoreHandles(root)
 
     @app.exception_handler(ModelstoreError)
@@ -119,10 +156,6 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, read_tokens
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception):
         return error_response(500, "internal", f"{type(exc).__name__}: {exc}")
-
-    @app.on_event("shutdown")
-    def _close() -> None:
-        app.state.stores.close()
 
     for name in ROUTER_MODULES:
         if importlib.util.find_spec(name) is not None:

@@ -6,8 +6,9 @@ from fastapi import HTTPException, Request
 
 
 def store(request: Request):
-    """The Store opened by this server thread (FastAPI runs sync endpoints in a thread pool)."""
-    return request.app.state.stores.get()
+    """A Store this request holds alone until its response is sent (streamed bodies included)."""
+    with request.app.state.stores.lease() as s:
+        yield s
 
 
 def _deny(request: Request, need: str) -> None:
