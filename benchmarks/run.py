@@ -14,7 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SUITES = ["bench_storage", "bench_series", "bench_kernels", "bench_diff", "bench_query"]
+SUITES = ["bench_storage", "bench_series", "bench_kernels", "bench_diff", "bench_query", "bench_server",
+          "bench_push", "bench_ingest"]
 
 
 def report(name: str, value: float, unit: str, baseline: float | None = None, baseline_name: str = "") -> None:
