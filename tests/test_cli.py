@@ -160,8 +160,3 @@ def test_corrupt_config_is_a_format_error(cli_store):
     assert_one_line_error(run_cli("log", store=cli_store), code=3, contains="format version 99")
 
 
-def test_demo_builds_a_store_and_tours_it(tmp_path):
-    proc = run_cli("demo", cwd=tmp_path, env={"MODELSTORE_DIR": ""}, check=0)
-    assert "bit-exact" in proc.stdout and "ok" in proc.stdout
-    log = json.loads(run_cli("log", "--json", cwd=tmp_path, env={"MODELSTORE_DIR": ""}, check=0).stdout)
-    assert [v["ref"] for v in log][-1] == "tiny-gpt-sst2@1" and log[-1]["parents"] == ["tiny-gpt@4"]
