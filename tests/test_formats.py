@@ -472,8 +472,8 @@ def test_write_model_validation_and_atomicity(tmp_path):
     def chunks(name):
         yield b"\x00" * 4
 
-    with pytest.raises(InvalidInputError, match="unknown output format 'h5'"):
-        write_model(target, "h5", [], chunks)
+    with pytest.raises(InvalidInputError, match="unknown output format 'tflite'"):
+        write_model(target, "tflite", [], chunks)
     with pytest.raises(InvalidInputError, match="unsupported dtype 'F128'"):
         write_model(target, "safetensors", [("a", "F128", (1,))], chunks)
     with pytest.raises(InvalidInputError, match="duplicate tensor name 'a'"):
@@ -532,8 +532,8 @@ def test_format_for_path():
     assert format_for_path("a/b.safetensors") == "safetensors"
     assert format_for_path("x.NPZ") == "npz"
     assert [format_for_path(f"m{s}") for s in (".pt", ".pth", ".bin")] == ["pt"] * 3
-    with pytest.raises(InvalidInputError, match=r"\.safetensors, \.npz, or \.pt"):
-        format_for_path("model.onnx")
+    with pytest.raises(InvalidInputError, match=r"\.safetensors, \.npz, \.pt/\.pth/\.bin"):
+        format_for_path("model.tflite")
 
 
 def test_tensor_source_is_frozen():

@@ -30,10 +30,15 @@ __all__ = [
 
 SUPPORTED = (
     ".safetensors file, Hugging Face folder (model.safetensors.index.json + shards, or one "
-    ".safetensors), .npz, PyTorch state dict (.pt/.pth/.bin), dict of numpy arrays"
+    ".safetensors), .npz, PyTorch state dict (.pt/.pth/.bin), .onnx, .gguf, Keras .keras, "
+    "HDF5 weights (.h5), dict of numpy arrays"
 )
-WRITE_FORMATS = ("safetensors", "npz", "pt")
-_SUFFIXES = {".safetensors": "safetensors", ".npz": "npz", ".pt": "torch", ".pth": "torch", ".bin": "torch"}
+WRITE_FORMATS = ("safetensors", "npz", "pt", "onnx", "gguf", "h5")
+_SUFFIXES = {".safetensors": "safetensors", ".npz": "npz", ".pt": "torch", ".pth": "torch", ".bin": "torch",
+             ".onnx": "onnx", ".gguf": "gguf", ".h5": "h5", ".hdf5": "h5", ".keras": "keras"}
+_WRITE_SUFFIXES = {".safetensors": "safetensors", ".npz": "npz", ".pt": "pt", ".pth": "pt", ".bin": "pt",
+                   ".onnx": "onnx", ".gguf": "gguf", ".h5": "h5", ".hdf5": "h5"}
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _TORCH_LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")  # torch's legacy-file magic number
 
 
@@ -50,6 +55,8 @@ def _sniff(path: str) -> str | None:
             return None
         if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
             return "torch"
+        if "model.weights.h5" in names:
+            return "keras"
         if all(n.endswith(".npy") or n.endswith("/") for n in names):
             return "npz"
         return None
@@ -59,11 +66,16 @@ def _sniff(path: str) -> str | None:
             return "safetensors"
     if head[:1] == b"\x80" and _TORCH_LEGACY_MAGIC in head:
         return "torch"
+    if head.startswith(b"GGUF"):
+        return "gguf"
+    if head.startswith(_HDF5_MAGIC):
+        return "h5"
     return None
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
-    """'safetensors', 'hf-safetensors', 'npz' or 'torch' for a path; by suffix, then magic bytes."""
+    """'safetensors', 'hf-safetensors', 'npz', 'torch', 'onnx', 'gguf', 'h5' or 'keras' for a
+    path; by suffix, then magic bytes (ONNX has none: it needs its .onnx suffix)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise NotFoundError(f"no such file or folder: {path}")
@@ -109,24 +121,35 @@ def open_model(obj: str | os.PathLike[str] | Mapping[str, Any]) -> ModelSource:
         from .npz_io import read_npz
 
         return read_npz(path)
+    if fmt == "onnx":
+        from .onnx_io import read_onnx
+
+        return read_onnx(path)
+    if fmt == "gguf":
+        from .gguf_io import read_gguf
+
+        return read_gguf(path)
+    if fmt in ("h5", "keras"):
+        from .keras_io import read_h5
+
+        return read_h5(path)
     from .torch_io import read_torch
 
     return read_torch(path)
 
 
 def format_for_path(path: str | os.PathLike[str]) -> str:
-    """The write format for a target path by suffix: 'safetensors', 'npz' or 'pt'."""
+    """The write format for a target path by suffix: 'safetensors', 'npz', 'pt', 'onnx',
+    'gguf' or 'h5'."""
     suffix = os.path.splitext(os.fspath(path))[1].lower()
-    if suffix == ".safetensors":
-        return "safetensors"
-    if suffix == ".npz":
-        return "npz"
-    if suffix in (".pt", ".pth", ".bin"):
-        return "pt"
-    raise InvalidInputError(
-        f"{os.fspath(path)}: cannot tell the output format from suffix {suffix or '(none)'!r}; "
-        "use .safetensors, .npz, or .pt/.pth/.bin"
-    )
+    fmt = _WRITE_SUFFIXES.get(suffix)
+    if fmt is None:
+        hint = " (write Keras weights as .weights.h5)" if suffix == ".keras" else ""
+        raise InvalidInputError(
+            f"{os.fspath(path)}: cannot tell the output format from suffix {suffix or '(none)'!r}{hint}; "
+            "use .safetensors, .npz, .pt/.pth/.bin, .onnx, .gguf or .h5"
+        )
+    return fmt
 
 
 def write_model(
@@ -135,13 +158,17 @@ def write_model(
     specs: Iterable[Sequence[Any]],
     read_tensor: ReadTensor,
     metadata: dict[str, str] | None = None,
+    graph_proto: bytes | None = None,
 ) -> None:
-    """Stream tensors to ``path`` in format ``fmt`` ('safetensors', 'npz', 'pt'), atomically.
+    """Stream tensors to ``path`` in format ``fmt`` (one of WRITE_FORMATS), atomically.
 
     ``specs``: ``(name, dtype_name, shape)`` in output order; ``read_tensor(name)`` yields
     bytes-like chunks of that tensor's raw C-order little-endian bytes (exactly nbytes in
     total, else InternalError and no file is left). ``metadata`` is written by safetensors
-    only (``__metadata__``) and ignored by npz and pt.
+    only (``__metadata__``) and ignored by npz and pt; gguf and h5 use it when the tensors
+    carry no ``__gguf__`` / ``__hdf5__`` record; onnx as ``metadata_props``.
+    ``graph_proto``: the weight-less ONNX ModelProto (``ModelSource.graph_proto``), required
+    for onnx and ignored by the others.
     """
     if fmt == "safetensors":
         from .safetensors_io import write_safetensors as writer
@@ -149,6 +176,14 @@ def write_model(
         from .npz_io import write_npz as writer
     elif fmt in ("pt", "torch"):
         from .torch_io import write_torch as writer
+    elif fmt == "onnx":
+        from .onnx_io import write_onnx
+
+        return write_onnx(path, specs, read_tensor, metadata, graph_proto=graph_proto)
+    elif fmt == "gguf":
+        from .gguf_io import write_gguf as writer
+    elif fmt == "h5":
+        from .keras_io import write_h5 as writer
     else:
         raise InvalidInputError(f"unknown output format {fmt!r}; use one of {', '.join(WRITE_FORMATS)}")
     writer(path, specs, read_tensor, metadata)

@@ -74,11 +74,18 @@ class ModelSource:
         *,
         path: str | None = None,
         closers: Sequence[Callable[[], None]] = (),
+        graph: dict[str, Any] | None = None,
+        graph_proto: bytes | None = None,
     ) -> None:
         self.format = format
         self.tensors: list[TensorSource] = list(tensors)
         self.metadata: dict[str, str] = dict(metadata or {})
         self.path = path  # the file or folder opened; None for in-memory dicts
+        # the network's structure when the file has one (ONNX): a JSON-able dict, see
+        # onnx_io.graph_dict, and the serialized ModelProto without initializer bytes
+        # (what write_model(..., graph_proto=) needs to write the .onnx back)
+        self.graph = graph
+        self.graph_proto = graph_proto
         self._closers = list(closers)
         self.closed = False
         check_unique_names((t.name for t in self.tensors), path or "<arrays>")
@@ -132,6 +139,18 @@ class Holder:
 
     def close(self) -> None:
         self.items.clear()
+
+
+def require(module: str, extra: str, what: str) -> Any:
+    """Import an optional dependency, or one clear InvalidInputError naming the extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise InvalidInputError(
+            f"{what} needs the {extra!r} extra: pip install 'modelstore[{extra}]'"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- names
