@@ -334,11 +334,13 @@ def diff(
     limit: Annotated[int, typer.Option("--limit", help="Table rows to show (0 = all).")] = 50,
     no_align: Annotated[bool, typer.Option("--no-align", help="Pair tensors by name only (no detection of inserted/removed layers).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the diff as one JSON document.")] = False,
+    graph: Annotated[bool, typer.Option("--graph", help="Also diff the network graphs (ONNX): nodes added, removed, changed, edges rewired; both sides must carry one.")] = False,
 ):
     """What changed between two versions or model files: structure, then per-layer weights."""
     from modelstore.diff import diff_files, needs_store
 
-    opts = dict(atol=atol, rtol=rtol, rank=rank, rank_budget=rank_budget, align=not no_align)
+    opts = dict(atol=atol, rtol=rtol, rank=rank, rank_budget=rank_budget, align=not no_align,
+                graph=True if graph else None)
     prog, task = _progress(0, "diff")
     with prog:
         def progress(done: int, total: int) -> None:
@@ -350,52 +352,101 @@ def diff(
         else:  # two existing files: no store is needed or opened
             d = diff_files(a, b, progress=progress, **opts)
     if as_json:
-        _emit_json(d.to_dict())
+        doc = d.to_dict()
+        if getattr(d, "graph", None) is not None:
+            doc.setdefault("graph", d.graph)
+        _emit_json(doc)
         return
     from modelstore.diff_render import render
 
     render(d, _console(), layers=layers, limit=limit)
+    if graph and getattr(d, "graph", None) is not None:
+        from modelstore.graph_diff import render as render_graph
+
+        render_graph(d.graph, _console(), limit=limit)
 
 
 @app.command()
 def demo():
-    """Build a small demo store (./.modelstore unless --store) and tour it: log, stats, checkout, fsck."""
+    """Build a demo store (./.modelstore unless --store): digits models trained for real, then a tour.
+
+    Three families trained in seconds on scikit-learn's digits, one version per epoch with metrics
+    on clean and noisy validation sets, a fine-tune with lineage, tags and comments; the tour shows
+    models, log, a query, a diff, stats, a bit-exact checkout and fsck. Re-running reuses what is there.
+    """
     import tempfile
 
+    from rich.text import Text
+
     from modelstore.config import DIRNAME, Layout
-    from modelstore.demo import build
+    from modelstore.demo import CLEAN, FINETUNE, NOISY, build
+    from modelstore.formats import open_model
     from modelstore.store import Store
 
     target = _state["store"] or os.environ.get("MODELSTORE_DIR") or Path.cwd() / DIRNAME
     s = Store.open(target) if Layout(Path(target)).config.exists() else Store.init(target)
     con = _console()
+
+    def say(text: str, style: str | None = None) -> None:  # plain text (no markup), never wrapped
+        con.print(Text(text, style=style or ""), soft_wrap=True)
+
     with s:
-        con.print(f"[bold]store[/bold] {Path(target).resolve()}")
-        versions = build(s, say=con.print)
-        con.print("\n[bold]$ modelstore log[/bold]")
-        for v in s.log():
-            con.print(f"  {v.ref:18s} {v.content_id[:12]}  {_size(v.size):>9s}  {_size(v.stored):>9s} new  {v.message}")
+        say(f"store {Path(target).resolve()}", "bold")
+        versions = build(s, say=lambda line: say(f"  {line}"))
+        say(f"  {len(versions)} versions of {len({v.model for v in versions})} models")
+
+        say("\n$ modelstore models", "bold")
+        for model, n in s.models():
+            best = s.resolve(f"{model}@best") if any(t["tag"] == "best" for t in s.tags(model)) else None
+            acc = (f"best {best.ref}: accuracy {best.metrics.get(CLEAN, {}).get('accuracy', 0):.3f} clean, "
+                   f"{best.metrics.get(NOISY, {}).get('accuracy', 0):.3f} noisy" if best else "")
+            say(f"  {model:24s} {n:3d} versions  {acc}")
+
+        say(f"\n$ modelstore log {FINETUNE.model}", "bold")
+        for v in s.log(FINETUNE.model):
+            say(f"  {v.ref:22s} {v.content_id[:12]}  {_size(v.size):>9s}  {_size(v.stored):>9s} new  "
+                f"parent {','.join(v.parents) or '-':24s} {v.message}")
+
+        q = ('task = "image-classification" and dataset = "digits" and accuracy > 90% and cpu_ghz <= 1GHz '
+             'order by accuracy desc limit 5')
+        say(f"\n$ modelstore query '{q}'", "bold")
+        for v in s.query(q):
+            say(f"  {v.ref:22s} accuracy {v.metrics[CLEAN]['accuracy']:.3f} clean, "
+                f"{v.metrics[NOISY]['accuracy']:.3f} noisy  cpu_ghz {v.meta.get('cpu_ghz')}")
+
+        ft = s.resolve(f"{FINETUNE.model}@1")
+        say(f"\n$ modelstore diff {ft.parents[0]} {FINETUNE.model}@production", "bold")
+        d = s.diff(ft.parents[0], f"{FINETUNE.model}@production").to_dict()
+        say(f"  {d['summary']['identical']} tensors identical (frozen, stored once), {d['summary']['modified']} "
+            f"modified: relative L2 change {d['summary']['rel_l2']:.3f}")
+        for t in d["tensors"]:
+            say(f"  {t['name']:18s} {t['status']:10s} rel_l2 {t['rel_l2']:.4f}")
+
         st = s.stats()
-        con.print("\n[bold]$ modelstore stats[/bold]")
-        con.print(f"  logical {_size(st['logical_bytes'])}, stored {_size(st['stored_bytes'])}: "
-                  f"dedup {st['dedup_ratio']:.2f}x, compression {st['compression_ratio']:.2f}x, "
-                  f"stored/logical {st['stored_over_logical']:.3f}")
+        say("\n$ modelstore stats", "bold")
+        say(f"  {st['models']} models, {st['versions']} versions: logical {_size(st['logical_bytes'])}, "
+            f"stored {_size(st['stored_bytes'])}: dedup {st['dedup_ratio']:.2f}x, "
+            f"compression {st['compression_ratio']:.2f}x, stored/logical {st['stored_over_logical']:.3f}")
+
+        ref = f"{FINETUNE.model}@production"
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "checkout.safetensors"
-            s.checkout(versions[-1].ref, out)
-            back = s.load(versions[-1].ref)
-            from modelstore.formats import open_model
-
+            s.checkout(ref, out)
+            back = s.load(ref)
             with open_model(out) as src:  # the file holds exactly the stored bytes
-                same = all(bytes(t.buffer()) == back[t.name].tobytes() for t in src.tensors)
-            con.print(f"\n[bold]$ modelstore checkout {versions[-1].ref} -o checkout.safetensors[/bold]\n"
-                      f"  {len(back)} tensors, {out.stat().st_size / 1e6:.1f} MB written, "
-                      f"{'bit-exact' if same else 'MISMATCH'}")
+                same = (len(src.tensors) == len(back)
+                        and all(bytes(t.buffer()) == back[t.name].tobytes() for t in src.tensors))
+            say(f"\n$ modelstore checkout {ref} -o checkout.safetensors", "bold")
+            say(f"  {len(back)} tensors, {_size(out.stat().st_size)} written, {'bit-exact' if same else 'MISMATCH'}")
             if not same:
                 raise typer.Exit(1)
         rep = s.fsck()
-        con.print(f"\n[bold]$ modelstore fsck[/bold]\n  {rep['chunks_verified']} chunks re-hashed: "
-                  f"{'ok' if rep['ok'] else 'PROBLEMS'}")
+        say("\n$ modelstore fsck", "bold")
+        say(f"  {rep['chunks_verified']} chunks re-hashed: {'ok' if rep['ok'] else 'PROBLEMS'}")
+        if not rep["ok"]:
+            raise typer.Exit(1)
+    serve = f"modelstore --store {_state['store']} serve" if _state["store"] else "modelstore serve"
+    say(f"\nnext: run `{serve}`, then open http://127.0.0.1:8000", "bold")
 
 # -- catalog: query, metadata, metrics, tags, comments, lineage (docs/QUERY.md) ----------------
 meta_app = typer.Typer(help="Metadata of a version: set, unset, history.", no_args_is_help=True)

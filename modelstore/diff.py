@@ -257,8 +257,12 @@ def _natural(s: str):
     return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in s.split(".")]
 
 
-def diff(a, b, *, store=None, chunk_target: int | None = None, **opts) -> Diff:
-    """Diff two REFs, paths or dicts of arrays (REFs need `store`). See ``diff_sides``."""
+def diff(a, b, *, store=None, chunk_target: int | None = None, graph: bool | None = None, **opts) -> Diff:
+    """Diff two REFs, paths or dicts of arrays (REFs need `store`). See ``diff_sides``.
+
+    ``graph``: None adds the graph diff (``.graph``, modelstore.graph_diff) when both sides
+    carry a graph; True requires both to (else InvalidInputError); False skips it.
+    """
     side_a = side_b = None
     try:
         side_a = open_side(a, store, chunk_target=chunk_target)
@@ -267,11 +271,33 @@ def diff(a, b, *, store=None, chunk_target: int | None = None, **opts) -> Diff:
                 and _rows_differ(side_a, side_b):
             side_a.close()  # re-chunk A like the stored B, so shared chunks are found
             side_a = open_side(a, store, other=side_b)
-        return diff_sides(side_a, side_b, **opts)
+        result = diff_sides(side_a, side_b, **opts)
+        result.graph = _graph_section(side_a, side_b, graph) if graph is not False else None
+        return result
     finally:
         for s in (side_a, side_b):
             if s is not None:
                 s.close()
+
+
+def _graph_section(side_a: Side, side_b: Side, required: bool | None) -> dict | None:
+    """graph_diff of the two sides' graphs plus each side's hardware figures; None when a side has none."""
+    from modelstore import graph_diff, graph_store, hwfigures
+
+    ga, gb = graph_store.of_side(side_a), graph_store.of_side(side_b)
+    if ga is None or gb is None:
+        if required:
+            which = side_a.label if ga is None else side_b.label
+            raise InvalidInputError(f"{which} carries no graph (only ONNX files, and versions committed from them, do)")
+        return None
+    out = graph_diff.graph_diff(ga, gb)
+    figs = {}
+    for key, g, side in (("a", ga, side_a), ("b", gb, side_b)):
+        f = hwfigures.figures(g, params=sum(t.numel for t in side.tensors.values()),
+                              size=sum(t.nbytes for t in side.tensors.values()))
+        figs[key] = {k: f[k] for k in ("params", "size", "flops", "mem_infer", "cpu_ghz_min")}
+    out["figures"] = figs
+    return out
 
 
 def _rows_differ(fa: FileSide, sb: StoredSide) -> bool:

@@ -50,9 +50,13 @@ def gc(store, dry_run: bool = False) -> dict:
         dead_c = entries.keys() - live_c
         dead_m = set(store.index.iter_manifest_ids()) - live_m
         freed_records = sum(REC_HEADER.size + entries[c].stored_len for c in dead_c)
+        from modelstore.graph_store import sweep as sweep_graphs  # graph blobs no version names
+
+        graphs = sweep_graphs(store, dry_run=dry_run)
         if dry_run:
             return {"chunks_removed": len(dead_c), "manifests_removed": len(dead_m),
-                    "bytes_freed": freed_records, "packs_rewritten": 0, "dry_run": True}
+                    "bytes_freed": freed_records + graphs["graph_bytes_freed"], "packs_rewritten": 0,
+                    "dry_run": True, **graphs}
         store.index.delete(dead_c, dead_m)
         for c in dead_c:
             del entries[c]
@@ -95,4 +99,5 @@ def gc(store, dry_run: bool = False) -> dict:
             if p.is_file():
                 p.unlink()
         return {"chunks_removed": len(dead_c), "manifests_removed": len(dead_m),
-                "bytes_freed": before - after, "packs_rewritten": len(rewrite), "packs_deleted": len(delete)}
+                "bytes_freed": before - after + graphs["graph_bytes_freed"], "packs_rewritten": len(rewrite),
+                "packs_deleted": len(delete), **graphs}

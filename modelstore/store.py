@@ -55,11 +55,19 @@ class Store:
         """Store a checkpoint as the next version of `model`; returns its VersionInfo.
 
         `metrics`: (dataset, name, value) triples, e.g. [("imagenet-val", "accuracy", 0.93)].
+        A source with a graph (ONNX) also gets its graph stored and the derived attributes
+        flops, mem_infer, cpu_ghz_min (docs/HARDWARE.md; `meta` keys latency_budget_s and
+        ops_per_cycle set the CPU assumptions); `params` and `size` are built-ins.
         """
         from modelstore.commit import commit
+        from modelstore.graph_store import prepare_commit
+        from modelstore.locking import store_lock
 
-        return commit(self, tensors_or_path, model=model, message=message, meta=meta, parent=parent,
-                      author=author, progress=progress, metrics=metrics)
+        # The graph blob is written before the catalog row, under the shared lock gc waits for.
+        with store_lock(self.layout.lock, exclusive=False):
+            derived = prepare_commit(self, tensors_or_path, meta)
+            return commit(self, tensors_or_path, model=model, message=message, meta={**derived, **(meta or {})},
+                          parent=parent, author=author, progress=progress, metrics=metrics)
 
     # -- read ------------------------------------------------------------------------
     def resolve(self, ref: str) -> VersionInfo:
