@@ -1,0 +1,161 @@
+"""End-to-end fixtures: a store with every dashboard feature, a real `modelstore serve`
+subprocess on 127.0.0.1, and a headless Chromium (Debian's) driven by Playwright.
+
+`build_store` is shared with tests/test_server_pages.py (in-process pages tests).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("MODELSTORE_CHROMIUM", "/usr/bin/chromium")
+HOSTILE = "<script>alert('xss')</script>"
+
+
+def _mlp(width: int, depth: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    sd = {"embed.weight": rng.standard_normal((64, width), dtype=np.float32) * 0.02}
+    for i in range(depth):
+        sd[f"layers.{i}.fc.weight"] = rng.standard_normal((width, width), dtype=np.float32) / np.float32(np.sqrt(width))
+        sd[f"layers.{i}.fc.bias"] = np.zeros(width, dtype=np.float32)
+    sd["head.weight"] = rng.standard_normal((10, width), dtype=np.float32) * 0.05
+    return sd
+
+
+def _step(sd: dict[str, np.ndarray], seed: int, scale: float = 1e-2) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {k: (v + rng.standard_normal(v.shape, dtype=np.float32) * scale * (np.abs(v).mean() + 1e-3)).astype(v.dtype)
+            for k, v in sd.items()}
+
+
+def build_store(store) -> dict:
+    """Two model families trained for a few epochs (metrics on clean and noisy validation sets),
+    a fine-tune of one as another model (an org/name) with lineage, tags, comments, and a hostile
+    metadata value and message. Returns names the tests check for."""
+    refs = {}
+    for family, width, depth, base_acc in (("mlp-wide", 48, 2, 0.80), ("mlp-deep", 32, 4, 0.75)):
+        sd = _mlp(width, depth, seed=width)
+        for epoch in range(1, 5):
+            sd = _step(sd, seed=epoch)
+            acc = base_acc + 0.03 * epoch
+            info = store.commit(
+                sd, model=family, message=f"epoch {epoch}",
+                meta={"task": "digits", "dataset": "digits", "epoch": epoch, "width": width, "cpu_ghz": 1.0 + 0.5 * depth},
+                metrics=[("digits-clean", "accuracy", acc), ("digits-noisy", "accuracy", acc - 0.1 - 0.01 * epoch),
+                         ("digits-clean", "loss", 1.0 / epoch)])
+            refs[f"{family}@{epoch}"] = info
+    ft = _step(dict(sd), seed=99, scale=0.05)
+    ft["head.weight"] = ft["head.weight"][:5]  # a new head: reshaped
+    ft["layers.4.fc.weight"] = np.eye(32, dtype=np.float32)  # an added block
+    info = store.commit(ft, model="acme/mlp-ft", message="<b>fine-tune</b> on noisy digits", parent="mlp-deep@4",
+                        meta={"task": "digits", "dataset": "digits", "note": HOSTILE},
+                        metrics=[("digits-clean", "accuracy", 0.86), ("digits-noisy", "accuracy", 0.84)])
+    refs["acme/mlp-ft@1"] = info
+    store.tag("mlp-wide@4", "production")
+    store.tag("mlp-deep@2", "baseline")
+    store.comment("mlp-wide@4", "Best clean accuracy so far.", author="alice")
+    store.comment("acme/mlp-ft@1", HOSTILE, author="mallory")
+    return refs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve_cmd(root: Path, port: int, token: str | None) -> list[str]:
+    """`modelstore serve` when the CLI has it, else uvicorn over create_app (same app)."""
+    probe = subprocess.run([sys.executable, "-m", "modelstore", "serve", "--help"], capture_output=True, text=True,
+                           cwd=ROOT, timeout=60, check=False)
+    if probe.returncode == 0 and "--port" in probe.stdout:
+        cmd = [sys.executable, "-m", "modelstore", "--store", str(root), "serve", "--host", "127.0.0.1",
+               "--port", str(port)]
+        return cmd + (["--token", token] if token else [])
+    code = ("import uvicorn, sys; from modelstore.server import create_app; "
+            f"uvicorn.run(create_app({str(root)!r}, token={token!r}), host='127.0.0.1', port={port}, log_level='warning')")
+    return [sys.executable, "-c", code]
+
+
+@pytest.fixture(scope="session")
+def e2e_store(tmp_path_factory):
+    from modelstore.store import Store
+
+    root = tmp_path_factory.mktemp("e2e") / "store"
+    with Store.init(root) as s:
+        refs = build_store(s)
+    return root, refs
+
+
+@pytest.fixture(scope="session")
+def server(e2e_store):
+    """Base URL of a real server process on 127.0.0.1 (stopped at the end of the session)."""
+    root, _ = e2e_store
+    port = free_port()
+    token = "e2e-secret-token"
+    proc = subprocess.Popen(_serve_cmd(root, port, token), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            out = proc.stdout.read().decode(errors="replace") if proc.poll() is not None else "(still running)"
+            proc.kill()
+            pytest.fail(f"server did not start on {url}: {out[-2000:]}")
+        time.sleep(0.2)
+    yield {"url": url, "token": token}
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install -y chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install playwright)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    ctx = browser.new_context(viewport={"width": 1360, "height": 900})
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.js_errors = errors
+    yield pg
+    ctx.close()
+
+
+@pytest.fixture(scope="session")
+def shots(tmp_path_factory) -> Path:
+    d = os.environ.get("MODELSTORE_SCREENSHOTS")
+    path = Path(d) if d else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,209 @@
+"""The dashboard pages in-process (fastapi TestClient) over a store built here: every page
+renders what the store holds, bad input gives an HTML error page with the right status,
+and hostile text is escaped."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from e2e.conftest import HOSTILE, build_store
+from fastapi.testclient import TestClient
+
+from modelstore.server import create_app
+from modelstore.store import Store
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pages") / "store"
+    with Store.init(root) as s:
+        build_store(s)
+        # a long catalog-only history (no weights needed by the model page): paging and sorting
+        s.catalog.register_many([
+            {"model": "many", "content_id": f"{i:032x}", "message": f"step {i}", "size": 1000 + i,
+             "created": f"2026-02-01T00:{i // 60:02d}:{i % 60:02d}Z", "meta": {"lr": (i * 37 % 101) / 1000},
+             "metrics": [("val", "accuracy", (i * 53 % 250) / 250)]} for i in range(250)])
+    return root
+
+
+@pytest.fixture(scope="module")
+def client(root):
+    with TestClient(create_app(root)) as c:
+        yield c
+
+
+def refs_in_table(html: str, table_id: str) -> list[str]:
+    body = html.split(f'id="{table_id}"', 1)[1].split("</table>", 1)[0]
+    return re.findall(r'class="pick" value="([^"]+)"', body)
+
+
+def blob(html: str, element_id: str):
+    m = re.search(rf'<script type="application/json" id="{element_id}">(.*?)</script>', html, re.DOTALL)
+    assert m, element_id
+    return json.loads(m.group(1))
+
+
+# -- every page -------------------------------------------------------------------------------
+def test_models_list(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    html = r.text
+    for name in ("mlp-wide", "mlp-deep", "acme/mlp-ft", "many"):
+        assert f'href="/models/{name}"' in html
+    assert 'href="/versions/mlp-wide@4"' in html          # latest version
+    assert "production→@4" in html and "baseline→@2" in html  # tags
+    assert html.count('class="nav"') == 1 and 'href="/query"' in html
+
+
+def test_model_page_table_charts_lineage(client):
+    html = client.get("/models/mlp-wide").text
+    assert refs_in_table(html, "versions-table") == [f"mlp-wide@{n}" for n in (4, 3, 2, 1)]  # newest first
+    for col in ("accuracy", "digits-clean", "digits-noisy", "cpu_ghz", "epoch"):
+        assert col in html
+    charts = blob(html, "metric-charts")
+    acc = next(c for c in charts if c["name"] == "accuracy")
+    assert sorted(t["name"] for t in acc["traces"]) == ["digits-clean", "digits-noisy"]
+    clean = next(t for t in acc["traces"] if t["name"] == "digits-clean")
+    assert clean["x"] == [1, 2, 3, 4] and clean["y"] == pytest.approx([0.83, 0.86, 0.89, 0.92])
+    assert '<svg class="lineage"' in html and 'href="/versions/mlp-wide@3"' in html
+
+
+def test_model_page_sorts_by_metric_and_attribute(client):
+    html = client.get("/models/mlp-deep", params={"sort": "loss@digits-clean", "desc": 0}).text
+    assert refs_in_table(html, "versions-table") == [f"mlp-deep@{n}" for n in (4, 3, 2, 1)]  # loss 1/epoch
+    html = client.get("/models/mlp-deep", params={"sort": "accuracy@digits-noisy", "desc": 1}).text
+    assert refs_in_table(html, "versions-table")[0] == "mlp-deep@4"
+    html = client.get("/models/mlp-deep", params={"sort": "epoch", "desc": 0}).text
+    assert refs_in_table(html, "versions-table") == [f"mlp-deep@{n}" for n in (1, 2, 3, 4)]
+
+
+def test_model_page_paginates_in_sorted_order(client):
+    seen = []
+    for page in (1, 2, 3):
+        html = client.get("/models/many", params={"sort": "accuracy@val", "desc": 1, "page": page}).text
+        assert f"page {page} of 3" in html
+        seen += refs_in_table(html, "versions-table")
+    assert len(seen) == 250 and len(set(seen)) == 250
+    acc = {i + 1: (i * 53 % 250) / 250 for i in range(250)}
+    values = [acc[int(r.split("@")[1])] for r in seen]
+    assert values == sorted(values, reverse=True)
+    html = client.get("/models/many", params={"sort": "lr", "desc": 0}).text
+    assert len(refs_in_table(html, "versions-table")) == 100
+
+
+def test_cross_model_lineage(client):
+    html = client.get("/models/acme/mlp-ft").text
+    assert 'href="/models/mlp-deep"' in html and 'href="/versions/mlp-deep@4"' in html
+    assert 'class="edge cross"' in html
+
+
+def test_version_page(client):
+    r = client.get("/versions/mlp-wide@production")
+    assert r.status_code == 200
+    html = r.text
+    assert "mlp-wide@4" in html and "Best clean accuracy so far." in html and "alice" in html
+    assert 'href="/api/versions/mlp-wide@4/download?format=safetensors"' in html
+    assert "layers.1.fc.weight" in html and "(48, 48)" in html          # tensors
+    assert "digits-noisy" in html and "0.92" in html                     # metrics
+    assert 'href="/versions/mlp-wide@3"' in html                         # lineage / parents
+    assert 'data-ref="mlp-wide@4"' in html and 'data-needs-token="0"' in html
+    cid = client.get("/versions/mlp-wide@4").text.split('class="cid">', 1)[1][:32]
+    assert "mlp-wide@4" in client.get(f"/versions/{cid[:10]}").text     # content-id prefix
+
+
+def test_query_page(client):
+    html = client.get("/query").text
+    assert 'id="q"' in html and 'class="example"' in html
+    keys = blob(html, "query-keys")
+    assert "accuracy" in keys["metrics"] and "digits-noisy" in keys["datasets"] and "cpu_ghz" in keys["attributes"]
+    r = client.get("/query", params={"q": 'task = "digits" and accuracy@digits-clean > 0.9 order by accuracy desc'})
+    assert r.status_code == 200
+    assert refs_in_table(r.text, "results-table") == ["mlp-wide@4"]
+    r = client.get("/query", params={"q": "accuracy@digits-clean > 0 order by size"})
+    data = blob(r.text, "scatter-data")
+    assert len(data["points"]) == 9 and "accuracy@digits-noisy" in data["points"][0]["v"]
+    assert "size" in data["lower"] and "accuracy@digits-clean" not in data["lower"]
+
+
+def test_query_error_is_shown_with_400(client):
+    r = client.get("/query", params={"q": "accuracy > and"})
+    assert r.status_code == 400
+    assert 'id="query-error"' in r.text and "query error" in r.text
+    r = client.get("/query", params={"q": "size < 100XB"})
+    assert r.status_code == 400 and "unknown unit" in r.text
+
+
+def test_compare_page(client):
+    r = client.get("/compare", params=[("v", "mlp-wide@4"), ("v", "mlp-deep@4"), ("v", "acme/mlp-ft")])
+    assert r.status_code == 200
+    html = r.text
+    table = html.split('id="compare-table"', 1)[1].split("</table>", 1)[0]
+    assert table.count('class="same"') >= 1 and table.count('class="differs"') >= 5
+    assert 'id="only-diff"' in html
+    charts = blob(html, "bar-charts")
+    acc = next(c for c in charts if c["name"] == "accuracy")
+    assert [t["name"] for t in acc["traces"]] == ["mlp-wide@4", "mlp-deep@4", "acme/mlp-ft@1"]
+    assert acc["traces"][0]["x"] == ["digits-clean", "digits-noisy"]
+    assert client.get("/compare").status_code == 200   # the form
+
+
+def test_diff_page(client):
+    r = client.get("/diff", params={"a": "mlp-deep@4", "b": "acme/mlp-ft"})
+    assert r.status_code == 200
+    html = r.text
+    assert "reshaped" in html and "head.weight (10, 32) → (5, 32)" in html
+    assert "layers.4.fc.weight" in html and "added" in html
+    heat = blob(html, "heat-data")
+    assert "layers.0" in heat["y"] and "fc.weight" in heat["x"]
+    assert 'id="tensor-diff-table"' in html and 'id="layer-table"' in html
+    assert client.get("/diff").status_code == 200     # the form
+
+
+# -- errors -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("url,status", [
+    ("/versions/nope", 404), ("/versions/mlp-wide@99", 404), ("/models/nope", 404),
+    ("/models/mlp-wide?sort=bogus", 400), ("/models/mlp-wide?page=0", 400),
+    ("/compare?v=mlp-wide@1", 400), ("/compare?" + "&".join(["v=mlp-wide@1"] * 6), 400),
+    ("/compare?v=mlp-wide@1&v=nope@1", 404), ("/diff?a=mlp-wide@1", 400), ("/diff?a=mlp-wide@1&b=zzz", 404),
+    ("/diff?a=/etc/passwd&b=/etc/hostname", 404),  # refs only: never a file on the server
+    ("/static/nope.js", 404), ("/static/..%2Fpages.py", 404),
+])
+def test_errors(client, url, status):
+    r = client.get(url)
+    assert r.status_code == status, (url, r.text[:300])
+    if not url.startswith("/static"):
+        assert r.headers["content-type"].startswith("text/html") and 'class="error"' in r.text
+
+
+# -- escaping, static files, access ------------------------------------------------------------
+def test_hostile_text_is_escaped(client):
+    html = client.get("/versions/acme/mlp-ft").text
+    assert HOSTILE not in html and "<b>fine-tune</b>" not in html
+    assert "&lt;script&gt;alert(&#39;xss&#39;)&lt;/script&gt;" in html  # the comment and the meta value
+    assert "&lt;b&gt;fine-tune&lt;/b&gt;" in html
+    for url in ("/compare?v=mlp-deep@4&v=acme/mlp-ft@1", "/query?q=has(note)", "/models/acme/mlp-ft", "/"):
+        text = client.get(url).text
+        assert HOSTILE not in text and "<b>fine-tune" not in text, url
+    r = client.get("/query", params={"q": HOSTILE})   # echoed query text and error
+    assert r.status_code == 400 and "<script>alert" not in r.text
+
+
+def test_static_files(client):
+    r = client.get("/static/plotly.min.js")
+    assert r.status_code == 200 and len(r.content) > 1_000_000
+    assert "max-age=31536000" in r.headers["cache-control"] and "javascript" in r.headers["content-type"]
+    css = client.get("/static/style.css")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    for name in ("charts.js", "table.js", "query.js", "comments.js", "pick.js"):
+        assert client.get(f"/static/{name}").status_code == 200
+    assert "cdn" not in client.get("/models/mlp-wide").text.lower()
+
+
+def test_token_and_private(root):
+    with TestClient(create_app(root, token="sekret")) as c:
+        assert 'data-needs-token="1"' in c.get("/versions/mlp-wide@1").text
+    with TestClient(create_app(root, token="sekret", private=True)) as c:
+        assert c.get("/").status_code == 401
+        assert c.get("/", headers={"Authorization": "Bearer sekret"}).status_code == 200
