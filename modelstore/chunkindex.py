@@ -184,6 +184,17 @@ class ChunkIndex:
 
         return self._write(fn)
 
+    def add_entries(self, entries: dict[bytes, Entry]) -> set[bytes]:
+        """Index received records in one transaction, first writer wins (as in a commit);
+        returns the ids that were new."""
+        if not entries:
+            return set()
+
+        def fn(txn):
+            return {cid for cid, e in entries.items()
+                    if txn.put(cid, e.pack_bytes(), db=self._chunks, overwrite=False)}
+        return self._write(fn)
+
     def put_entries(self, entries: dict[bytes, Entry]) -> None:
         """Overwrite entries (gc repack moves records)."""
         def fn(txn):

@@ -352,15 +352,12 @@ def diff(
         else:  # two existing files: no store is needed or opened
             d = diff_files(a, b, progress=progress, **opts)
     if as_json:
-        doc = d.to_dict()
-        if getattr(d, "graph", None) is not None:
-            doc.setdefault("graph", d.graph)
-        _emit_json(doc)
+        _emit_json(d.to_dict())
         return
     from modelstore.diff_render import render
 
     render(d, _console(), layers=layers, limit=limit)
-    if graph and getattr(d, "graph", None) is not None:
+    if graph and d.graph is not None:
         from modelstore.graph_diff import render as render_graph
 
         render_graph(d.graph, _console(), limit=limit)

@@ -33,6 +33,9 @@ class Config:
     # version (~2-3x a plain read); see benchmarks/bench_series.py.
     delta_depth: int = 4
     extensions: dict = field(default_factory=dict)
+    # Remotes of this store (`modelstore remote add`): name -> {"url": ..., "token": ...}.
+    # Not part of the format: a store without the key has no remotes.
+    remotes: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -97,7 +100,24 @@ def read(root: Path) -> Config:
         chunk_target_bytes=int(data.get("chunk_target_bytes", chunking.DEFAULT_TARGET)),
         delta_depth=int(data.get("delta_depth", Config.delta_depth)),
         extensions=dict(data.get("extensions") or {}),
+        remotes=dict(data.get("remotes") or {}) if isinstance(data.get("remotes"), dict) else {},
     )
+
+
+def write_remotes(root: Path, remotes: dict) -> None:
+    """Replace the `remotes` key of config.json atomically, keeping every other key as is.
+
+    The file then holds tokens, so it is written owner-readable only (0600)."""
+    path = Layout(root).config
+    data = json.loads(path.read_text())
+    data["remotes"] = remotes
+    tmp = path.with_name("config.json.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def locate(explicit: str | os.PathLike | None = None, cwd: Path | None = None) -> Path:

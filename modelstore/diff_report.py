@@ -167,6 +167,7 @@ class Diff:
     total: GroupDiff
     options: dict = field(default_factory=dict)
     io: dict = field(default_factory=dict)  # chunks skipped/read, bytes, seconds
+    graph: dict | None = None  # modelstore.graph_diff result when both sides carry a graph
 
     def __repr__(self) -> str:
         return f"Diff({self.a!r} -> {self.b!r}: {self.summary_line()})"
@@ -228,7 +229,8 @@ class Diff:
         return {"a": self.a, "b": self.b, "a_kind": self.a_kind, "b_kind": self.b_kind,
                 "summary": self.summary(), "tensors": [t.to_dict() for t in self.tensors],
                 "layers": [g.to_dict() for g in self.layers], "modules": [g.to_dict() for g in self.modules],
-                "options": dict(self.options), "io": dict(self.io)}
+                "options": dict(self.options), "io": dict(self.io),
+                **({"graph": self.graph} if self.graph is not None else {})}
 
 
 def _fmt_g(x) -> str:

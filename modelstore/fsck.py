@@ -57,6 +57,9 @@ def fsck(store, verify_data: bool = True) -> dict:
             checked += 1
             checked_bytes += e.raw_len
 
+    from modelstore.graph_store import check as check_graphs
+
+    problems += check_graphs(store)  # versions whose stored graph is missing or corrupt
     unreferenced = entries.keys() - referenced
     stray_manifests = set(store.index.iter_manifest_ids()) - live_manifests
     return {

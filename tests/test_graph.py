@@ -189,8 +189,16 @@ def test_committed_graph_is_stored_diffed_and_kept_by_gc(store, tmp_path):
     # A stored version against a file: the same graph section.
     d2 = store.diff("mlp@1", str(pb))
     assert d2.graph["changed"] == d.graph["changed"]
+    assert d.to_dict()["graph"] == d.graph  # the JSON of the CLI and of GET /api/diff
     assert store.gc()["graphs_removed"] == 0
+    assert store.fsck()["ok"]
     assert graph_store.check(store) == []
+    blob = graph_store.blob_path(store, gid)
+    saved = blob.read_bytes()
+    blob.unlink()
+    problems = store.fsck()["problems"]
+    assert len(problems) == 1 and "graph" in problems[0] and "mlp@2" in problems[0], problems
+    blob.write_bytes(saved)
     store.delete("mlp@2")
     assert store.gc()["graphs_removed"] == 1
     assert not graph_store.blob_path(store, gid).exists()

@@ -1,0 +1,216 @@
+"""Receiving side of push and pull: verify chunk records, make them durable, import versions.
+
+Both the server (a push) and the client (a pull) run these. Order of writes is the commit's
+(docs/FORMAT.md §8): records appended to a pack and fsynced, then their index entries in one
+LMDB transaction — only then is a batch acknowledged, so a re-run never sends it again;
+then, per version, the manifest (LMDB) and its catalog rows in one SQLite transaction.
+Every record is decoded and hashed before anything is written: one forged chunk refuses the
+whole batch. A delta record is accepted only when this store already holds its base.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from modelstore import codecs, dtypes, hashing
+from modelstore.chunkindex import Entry
+from modelstore.errors import IntegrityError, InvalidInputError, ModelstoreError
+from modelstore.locking import store_lock
+from modelstore.manifest import Manifest
+from modelstore.packs import NO_BASE, REC_HEADER, REC_MAGIC, PackWriter
+from modelstore.remote.wire import MAX_RECORD
+
+MAX_CHAIN = 32  # a received delta deeper than this on our side is stored plain
+
+
+class ForgedChunkError(IntegrityError):
+    """A received record does not decode to bytes hashing to its id: refused (client's fault)."""
+
+    http_status = 400
+
+
+class MissingChunksError(InvalidInputError):
+    """A version was offered before all of its chunks arrived."""
+
+    kind = "missing_chunks"
+    http_status = 409
+
+
+class Receiver:
+    """Ingest one batch as its bytes arrive: records are parsed as soon as they are whole,
+    verified in a thread pool (decoding and hashing release the GIL) and appended to a pack
+    as each verifies, so receiving, verifying and writing overlap. `finish()` fsyncs and
+    indexes (the batch is then durable); any failure aborts: nothing is indexed.
+
+    Holds the shared store lock from start to finish, so `gc` cannot remove a delta base
+    between the check and the index transaction.
+    """
+
+    def __init__(self, store):
+        self.store = store
+        self._lock_cm = store_lock(store.layout.lock, exclusive=False)
+        self._lock_cm.__enter__()
+        self.pool = ThreadPoolExecutor(max(2, codecs.THREADS), thread_name_prefix="verify")
+        self.writer: PackWriter | None = None
+        self.append_lock = threading.Lock()
+        self.entries: dict[bytes, Entry] = {}
+        self.futures = []
+        self.seen: set[bytes] = set()
+        self.buf = bytearray()
+        self.records = self.duplicates = self.nbytes = 0
+        self.closed = False
+
+    def feed(self, data) -> None:
+        """Take the next bytes of the batch (any split); parse and dispatch whole records."""
+        self.buf += data
+        pos, n, mv = 0, len(self.buf), memoryview(self.buf)
+        try:
+            while n - pos >= REC_HEADER.size:
+                magic, cid, enc, raw_len, slen, base = REC_HEADER.unpack_from(mv, pos)
+                if magic != REC_MAGIC:
+                    raise InvalidInputError("bad record magic in the chunk batch")
+                if slen > MAX_RECORD or raw_len > MAX_RECORD:
+                    raise InvalidInputError(f"record {cid.hex()} claims more than {MAX_RECORD} bytes")
+                if n - pos < REC_HEADER.size + slen:
+                    break
+                payload = bytes(mv[pos + REC_HEADER.size:pos + REC_HEADER.size + slen])
+                pos += REC_HEADER.size + slen
+                self.records += 1
+                self.nbytes += slen
+                if cid in self.seen or self.store.index.get(cid) is not None:
+                    self.duplicates += 1
+                    continue
+                self.seen.add(cid)
+                self.futures.append(self.pool.submit(self._verify_and_append, cid, enc, raw_len, base, payload))
+        finally:
+            mv.release()
+            del self.buf[:pos]
+
+    def _verify_and_append(self, cid, enc, raw_len, base, payload) -> None:
+        enc, base, depth, payload = _verify(self.store, cid, enc, raw_len, base, payload)
+        with self.append_lock:
+            if self.closed:
+                return
+            if self.writer is None:
+                self.writer = PackWriter(self.store.layout.packs)
+            loc = self.writer.append(cid, enc, raw_len, payload, base)
+            self.entries[cid] = Entry(loc.pack, enc, depth, loc.offset, len(payload), raw_len, base)
+
+    def finish(self) -> dict:
+        try:
+            if self.buf:
+                raise InvalidInputError("the chunk batch ends inside a record (truncated)")
+            for f in self.futures:
+                f.result()
+            if self.writer is not None:
+                self.writer.finish()
+                self.writer = None
+            self.store.index.add_entries(self.entries)
+        except BaseException:
+            self.abort()
+            raise
+        self._close()
+        return {"accepted": len(self.entries), "duplicates": self.duplicates, "bytes": self.nbytes}
+
+    def abort(self) -> None:
+        with self.append_lock:
+            self.closed = True
+        for f in self.futures:
+            f.cancel()
+        self.pool.shutdown(wait=True)
+        with self.append_lock:
+            if self.writer is not None:
+                self.writer.abort()
+                self.writer = None
+        self._close()
+
+    def _close(self) -> None:
+        if self._lock_cm is not None:
+            self.pool.shutdown(wait=True)
+            self._lock_cm.__exit__(None, None, None)
+            self._lock_cm = None
+
+
+def ingest_records(store, body) -> dict:
+    """Verify and store one whole batch of wire records: {"accepted", "duplicates", "bytes"}."""
+    r = Receiver(store)
+    try:
+        r.feed(body)
+    except BaseException:
+        r.abort()
+        raise
+    return r.finish()
+
+
+_scratch = threading.local()
+
+
+def _scratch_for(n: int):
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or len(buf) < n:
+        buf = _scratch.buf = bytearray(max(n, 1 << 22))
+    return buf
+
+
+def _verify(store, cid: bytes, enc: int, raw_len: int, base: bytes, payload) -> tuple:
+    """Check one record decodes to bytes hashing to `cid`: (encoding, base, depth, payload) to store."""
+    from modelstore.checkout import read_chunk
+
+    depth = 0
+    try:
+        if enc in codecs.DELTA_ENCODINGS:
+            be = store.index.get(base) if base != NO_BASE else None
+            if be is None:
+                raise ForgedChunkError(f"chunk {cid.hex()} is a delta against {base.hex()}, which this store lacks")
+            data = codecs.decode(enc, payload, raw_len, base=read_chunk(store, base))
+            depth = be.depth + 1 if be.encoding in codecs.DELTA_ENCODINGS else 1
+        elif base != NO_BASE:
+            raise ForgedChunkError(f"chunk {cid.hex()}: a plain record names a delta base")
+        elif enc not in codecs.NAMES:
+            raise ForgedChunkError(f"chunk {cid.hex()}: unknown record encoding {enc}")
+        elif enc == codecs.RAW:
+            data = payload
+        else:
+            data = memoryview(_scratch_for(raw_len))[:raw_len]
+            codecs.decode(enc, payload, raw_len, data)
+    except ForgedChunkError:
+        raise
+    except ModelstoreError as exc:
+        raise ForgedChunkError(f"chunk {cid.hex()} does not decode: {exc}") from None
+    if len(data) != raw_len or hashing.digest(data) != cid:
+        raise ForgedChunkError(f"chunk {cid.hex()} does not match its id: refused, nothing stored")
+    if depth > MAX_CHAIN:  # our chain under that base is deeper than the sender's: start anew
+        enc, payload = codecs.encode(bytes(data), dtypes.get("U8"))
+        return enc, NO_BASE, 0, payload
+    return enc, base, depth, payload
+
+
+def import_version(store, manifest_json: bytes | None, doc: dict, *, tag_updates=(), actor: str = "unknown",
+                   force: bool = False) -> dict:
+    """Make a received version visible (or merge its annotations into the one already here).
+
+    With a manifest: checks it hashes to the claimed content id and that every chunk it
+    names is indexed, stores it, then writes the catalog rows in one transaction.
+    Returns {"ref", "created", "tags"} (tags: what moved).
+    """
+    from modelstore import catalog_sync
+
+    content_id = catalog_sync.check_doc(doc)
+    tensors = None
+    if manifest_json is not None:
+        m = Manifest.from_json(manifest_json)
+        if m.content_id.hex() != content_id:
+            raise InvalidInputError(f"manifest hashes to {m.content_id.hex()}, not to the claimed {content_id}")
+        with store_lock(store.layout.lock, exclusive=False):
+            have = store.index.get_many(m.chunk_ids())
+            missing = m.chunk_ids() - have.keys()
+            if missing:
+                raise MissingChunksError(f"{len(missing)} chunks of {doc['model']}@{content_id[:12]} have not arrived;"
+                                         " re-run the push or pull to send them")
+            store.index.commit_version({}, {}, m.content_id, m.to_json())
+            tensors = [(e.name, e.dtype, str(list(e.shape)), e.nbytes) for e in m.tensors]
+            return catalog_sync.import_version(store.catalog, doc, tensors=tensors, tag_updates=tag_updates,
+                                               actor=actor, force=force)
+    return catalog_sync.import_version(store.catalog, doc, tensors=None, tag_updates=tag_updates, actor=actor,
+                                       force=force)
