@@ -54,7 +54,10 @@ def _open():
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    stream = sys.stderr if stderr else sys.stdout
+    # Piped output is for grep and files: no wrapping at an imaginary 80 columns.
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else 400
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
 
 
 def _emit_json(doc) -> None:
@@ -151,12 +154,17 @@ def log(
     if as_json:
         _emit_json([v.to_dict() for v in versions])
         return
+    rows = [(v.ref, v.content_id[:12], v.created, _size(v.size), _size(v.stored), v.author, v.message)
+            for v in versions]
     table = Table(box=None)
-    for col in ("ref", "content id", "created", "size", "new", "author", "message"):
-        table.add_column(col, justify="right" if col in ("size", "new") else "left")
-    for v in versions:
-        table.add_row(Text(v.ref), v.content_id[:12], v.created, _size(v.size), _size(v.stored), Text(v.author),
-                      Text(v.message))  # user text, not rich markup
+    cols = ("ref", "content id", "created", "size", "new", "author", "message")
+    for i, col in enumerate(cols):  # every column keeps its width; only the message is cut
+        fixed = col != "message"
+        width = max([len(col)] + [len(r[i]) for r in rows]) if fixed else None
+        table.add_column(col, justify="right" if col in ("size", "new") else "left", no_wrap=True,
+                         min_width=width, overflow="ellipsis")
+    for r in rows:
+        table.add_row(*(Text(x) for x in r))  # user text, not rich markup
     _console().print(table)
 
 
