@@ -4,11 +4,12 @@ and hostile text is escaped."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 
 import pytest
-from e2e.conftest import HOSTILE, build_store
+from e2e.conftest import HOSTILE, add_graph_models, build_store
 from fastapi.testclient import TestClient
 
 from modelstore.server import create_app
@@ -20,6 +21,7 @@ def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("pages") / "store"
     with Store.init(root) as s:
         build_store(s)
+        add_graph_models(s, root.parent / "onnx")
         # a long catalog-only history (no weights needed by the model page): paging and sorting
         s.catalog.register_many([
             {"model": "many", "content_id": f"{i:032x}", "message": f"step {i}", "size": 1000 + i,
@@ -204,6 +206,177 @@ def test_static_files(client):
 def test_token_and_private(root):
     with TestClient(create_app(root, token="sekret")) as c:
         assert 'data-needs-token="1"' in c.get("/versions/mlp-wide@1").text
+        assert 'id="nav-login"' in c.get("/").text          # a token exists: offer to sign in
+        assert "Anyone can browse this server" in c.get("/login").text
+    with TestClient(create_app(root)) as c:
+        assert 'id="nav-login"' not in c.get("/").text      # an open server has nothing to sign in to
+        assert "This server is open" in c.get("/login").text
     with TestClient(create_app(root, token="sekret", private=True)) as c:
-        assert c.get("/").status_code == 401
+        assert c.get("/api/models").status_code == 401
         assert c.get("/", headers={"Authorization": "Bearer sekret"}).status_code == 200
+
+
+# -- graphs and hardware figures ---------------------------------------------------------------
+needs_onnx = pytest.mark.skipif(importlib.util.find_spec("onnx") is None, reason="onnx is not installed")
+
+
+@needs_onnx
+def test_diff_page_graph_section(client):
+    html = client.get("/diff", params={"a": "onnx-mlp@1", "b": "onnx-mlp@2"}).text
+    counts = html.split('id="graph-counts"', 1)[1].split("</p>", 1)[0]
+    assert "2 added" in counts and "1 changed" in counts and "0 removed" in counts and "0 rewired" in counts
+    table = html.split('id="graph-changes"', 1)[1].split("</table>", 1)[0]
+    rows = [re.sub(r"<[^>]+>", "|", r) for r in table.split("<tr>")[2:]]
+    cells = [[c for c in r.split("|") if c.strip()] for r in rows]
+    assert [c[:3] for c in cells] == [["added", "mid", "Gemm"], ["added", "act_mid", "Relu"],
+                                       ["changed", "act1", "Relu → Tanh"]]
+    assert "a1, mid.weight, mid.bias → hm" in table
+    figs = html.split('id="graph-figures"', 1)[1].split("</table>", 1)[0]
+    # fc1 16->32, fc2 32->4 (+ mid 32->32): params 676 -> 1732, flops 720 -> 1808 (hand count)
+    for label, a, b in (("parameters", "676", "1.7K"), ("flops / inference", "720", "1.8K"),
+                        ("min CPU clock", "720 Hz", "1.81 kHz"), ("weight bytes", "2.7 kB", "6.9 kB"),
+                        ("memory to infer", "3.0 kB", "7.2 kB")):
+        row = figs.split(f"<th>{label}</th>", 1)[1].split("</tr>", 1)[0]
+        assert f">{a}</td>" in row and f">{b}</td>" in row, (label, row)
+    assert 'title="1,808"' in figs                                   # the exact figure on hover
+    assert 'id="tensor-diff-table"' in html                          # beside the tensor diff
+
+
+@needs_onnx
+def test_diff_page_without_both_graphs(client):
+    html = client.get("/diff", params={"a": "onnx-mlp@2", "b": "onnx-mlp@3"}).text
+    assert 'id="graph-diff"' not in html and 'id="graph-missing"' in html
+    html = client.get("/diff", params={"a": "mlp-wide@1", "b": "mlp-wide@2"}).text
+    assert 'id="graph-diff"' not in html and 'id="graph-missing"' not in html
+    html = client.get("/diff", params={"a": "onnx-mlp@1", "b": "onnx-mlp@1"}).text
+    assert "0 added" in html and "Same graph" in html
+
+
+@needs_onnx
+def test_version_page_figures_and_ops(client):
+    html = client.get("/versions/onnx-mlp@2").text
+    figs = html.split('id="hw-figures"', 1)[1].split("</section>", 1)[0]
+    labels = re.findall(r'<div class="l">([^<]+)</div>', figs)
+    assert labels == ["parameters", "weight bytes", "flops / inference", "memory to infer", "min CPU clock"]
+    assert ">1.8K</div>" in figs and ">1.81 kHz</div>" in figs and 'title="1,808"' in figs
+    assert "one inference in 1 s at 1 op/cycle" in html
+    ops = html.split('id="graph-ops"', 1)[1].split("</section>", 1)[0]
+    assert re.findall(r'<span class="op">([^<]+)', ops) == ["Gemm ", "Relu", "Softmax", "Tanh"]
+    assert "<b>×3</b>" in ops and "6 nodes" in ops
+    assert re.findall(r'<td>(\w+)</td>', ops.split('id="graph-nodes"', 1)[1]) == \
+        ["Gemm", "Tanh", "Gemm", "Relu", "Gemm", "Softmax"]
+    assert "x (N, 16) F32" in ops and "y (N, 4) F32" in ops
+    plain = client.get("/versions/onnx-mlp@3").text                   # same weights, no graph
+    assert 'id="hw-figures"' not in plain and 'id="graph-ops"' not in plain
+
+
+@needs_onnx
+def test_version_page_with_a_missing_graph_blob(tmp_path):
+    from modelstore import graph_store
+
+    root = tmp_path / "store"
+    with Store.init(root) as s:
+        add_graph_models(s, tmp_path / "onnx")
+        gid = s.resolve("onnx-mlp@1").meta["graph"]
+    (root / graph_store.DIRNAME / f"{gid}{graph_store.SUFFIX}").unlink()
+    with TestClient(create_app(root)) as c:
+        r = c.get("/versions/onnx-mlp@1")
+        assert r.status_code == 200                                   # the version still shows
+        assert "not_found" in r.text.split('id="graph-ops"', 1)[1] and "fsck" in r.text
+
+
+# -- private mode: sign in with a cookie -------------------------------------------------------
+@pytest.fixture
+def private(root):
+    with TestClient(create_app(root, token="w-token", read_tokens=("r-token",), private=True)) as c:
+        yield c
+
+
+def test_private_pages_redirect_to_login(private):
+    r = private.get("/models/mlp-wide?sort=epoch&desc=0", follow_redirects=False)
+    assert r.status_code == 303
+    assert r.headers["location"] == "/login?next=%2Fmodels%2Fmlp-wide%3Fsort%3Depoch%26desc%3D0"
+    r = private.get(r.headers["location"])
+    assert r.status_code == 200 and 'id="login-form"' in r.text
+    assert 'name="next" value="/models/mlp-wide?sort=epoch&amp;desc=0"' in r.text
+    api = private.get("/api/models")                      # the API keeps its 401 envelope
+    assert api.status_code == 401 and api.json()["error"]["kind"] == "unauthorized"
+    assert private.get("/static/style.css").status_code == 200    # assets hold no data
+    assert private.get("/static/login.js").status_code == 200
+
+
+def test_login_sets_a_read_only_cookie(private):
+    r = private.post("/login", data={"token": "r-token", "next": "/models/mlp-wide"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/models/mlp-wide"
+    cookie = r.headers["set-cookie"]
+    assert "modelstore_session=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    assert "r-token" not in cookie                                   # an HMAC, never the token
+    html = private.get("/models/mlp-wide").text                      # the client now sends the cookie
+    assert "mlp-wide@4" in html and 'id="nav-logout"' in html
+    assert private.get("/api/versions/mlp-wide@1").status_code == 200  # reads through the API too
+    # writes still need the header: the cookie alone is refused
+    w = private.post("/api/versions/mlp-wide@1/comments", json={"text": "via cookie"})
+    assert w.status_code == 401 and w.json()["error"]["kind"] == "unauthorized"
+    value = private.cookies.get("modelstore_session")
+    w = private.post("/api/versions/mlp-wide@1/comments", json={"text": "x"}, headers={"Authorization": f"Bearer {value}"})
+    assert w.status_code == 401                                      # nor can it be sent as a token
+    # logout clears it
+    r = private.get("/logout")
+    assert r.status_code == 200 and 'id="signed-out"' in r.text and 'id="nav-logout"' not in r.text
+    assert 'modelstore_session=""' in r.headers["set-cookie"] or "Max-Age=0" in r.headers["set-cookie"]
+    assert private.get("/", follow_redirects=False).status_code == 303
+
+
+def test_login_json_for_the_script(private):
+    r = private.post("/login", data={"token": "w-token", "next": "/versions/mlp-wide@1"},
+                     headers={"Accept": "application/json"})
+    assert r.status_code == 200 and r.json() == {"access": "write", "next": "/versions/mlp-wide@1"}
+    assert "modelstore_session=" in r.headers["set-cookie"]
+    r = private.post("/login", data={"token": "r-token"}, headers={"Accept": "application/json"})
+    assert r.json() == {"access": "read", "next": "/"}
+    r = private.post("/login", data={"token": "nope"}, headers={"Accept": "application/json"})
+    assert r.status_code == 401 and r.json()["error"]["kind"] == "unauthorized"
+
+
+def test_login_refuses_bad_tokens_and_foreign_sites(private):
+    r = private.post("/login", data={"token": "wrong", "next": "/"})
+    assert r.status_code == 401 and "not valid" in r.text and 'id="login-form"' in r.text
+    assert "set-cookie" not in r.headers
+    assert private.post("/login", data={"token": ""}).status_code == 401
+    r = private.post("/login", data={"token": "w-token"}, headers={"Origin": "https://evil.example"})
+    assert r.status_code == 403 and "set-cookie" not in r.headers
+    assert private.post("/login", content=b"token=" + b"x" * 20000,
+                        headers={"Content-Type": "application/x-www-form-urlencoded"}).status_code == 413
+    forged = {"modelstore_session": "0" * 64}
+    private.cookies.update(forged)
+    assert private.get("/", follow_redirects=False).status_code == 303
+
+
+@pytest.mark.parametrize("target,expect", [
+    ("/versions/mlp-wide@1", "/versions/mlp-wide@1"), ("https://evil.example/", "/"), ("//evil.example/x", "/"),
+    ("/\\evil.example", "/"), ("/login?next=/", "/"), ("javascript:alert(1)", "/"), ("", "/"),
+])
+def test_login_never_redirects_off_site(private, target, expect):
+    r = private.post("/login", data={"token": "r-token", "next": target}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == expect
+
+
+@needs_onnx
+def test_node_changes_name_attributes_shapes_and_wiring():
+    """Every kind of graph change gets a row saying what changed (real graphs, graph_diff)."""
+    from e2e.conftest import onnx_mlp
+
+    from modelstore import graph as graphs
+    from modelstore import graph_diff
+    from modelstore.server import pages_graph as pg
+
+    a = graphs.from_onnx(onnx_mlp())
+    b = onnx_mlp(hidden=24)                                     # fc1/fc2 weights reshaped
+    b.graph.node[3].attribute[0].i = 1                          # softmax axis -1 -> 1
+    rows = pg.node_changes(graph_diff.graph_diff(a, graphs.from_onnx(b)))
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["softmax"]["detail"] == "axis: -1 → 1" and by_name["softmax"]["op"] == "Softmax"
+    assert by_name["fc1"]["detail"] == "input 1 shape: (32, 16) → (24, 16); input 2 shape: (32) → (24)"
+    assert {r["change"] for r in rows} == {"changed"} and "act1" not in by_name
+    assert [pg.human_hz(x) for x in (2.5, 0.0012, 7.2e-07, 3e-12, None)] == ["2.5 GHz", "1.2 MHz", "720 Hz",
+                                                                             "0.003 Hz", "–"]

@@ -6,6 +6,7 @@ its kind (modelstore.errors), so clients branch on `kind`, never on text.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import importlib
 import os
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelstore import __version__
@@ -23,6 +24,7 @@ from modelstore.errors import ModelstoreError
 
 TOKEN_ENV = "MODELSTORE_SERVER_TOKEN"
 READ_TOKEN_ENV = "MODELSTORE_SERVER_READ_TOKEN"
+SESSION_COOKIE = "modelstore_session"  # set by the dashboard's /login; grants reads only
 
 # Routers mounted when their module exists; each module exposes `router` (an APIRouter).
 ROUTER_MODULES = ("modelstore.server.api", "modelstore.server.sync", "modelstore.server.pages")
@@ -49,6 +51,21 @@ class ServerConfig:
         if self.token and hmac.compare_digest(given, self.token.encode()):
             return "write"
         if any(hmac.compare_digest(given, t.encode()) for t in self.read_tokens):
+            return "read"
+        return None
+
+    def session_value(self, token: str) -> str:
+        """The login cookie of a token: an HMAC of it, so the cookie is never a token itself
+        (a stolen cookie reads, it cannot be sent as a Bearer token to write)."""
+        return hmac.new(token.encode(), b"modelstore dashboard session v1", hashlib.sha256).hexdigest()
+
+    def cookie_access(self, value: str | None) -> str | None:
+        """'read' when `value` is the session cookie of a configured token, else None."""
+        if not value:
+            return None
+        given = value.encode()
+        tokens = ((self.token,) if self.token else ()) + self.read_tokens
+        if any(hmac.compare_digest(given, self.session_value(t).encode()) for t in tokens):
             return "read"
         return None
 
@@ -145,6 +162,8 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, read_tokens
     async def _http_error(request: Request, exc: StarletteHTTPException):
         kind = _HTTP_KINDS.get(exc.status_code, "error")
         headers = getattr(exc, "headers", None)
+        if 300 <= exc.status_code < 400 and headers and "Location" in headers:  # the dashboard's sign-in redirect
+            return Response(status_code=exc.status_code, headers=headers)
         return error_response(exc.status_code, kind, str(exc.detail), headers)
 
     @app.exception_handler(RequestValidationError)

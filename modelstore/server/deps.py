@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from fastapi import HTTPException, Request
 
+from modelstore.server.app import SESSION_COOKIE
+
 
 def store(request: Request):
     """A Store this request holds alone until its response is sent (streamed bodies included)."""
@@ -14,6 +16,8 @@ def store(request: Request):
 def _deny(request: Request, need: str) -> None:
     cfg = request.app.state.config
     got = cfg.access(request.headers.get("authorization"))
+    if got is None and need == "read":  # the dashboard's login cookie reads; writes need the header
+        got = cfg.cookie_access(request.cookies.get(SESSION_COOKIE))
     if need == "read" and (not cfg.private or got in ("read", "write")):
         return
     if need == "write" and (cfg.token is None and not cfg.private or got == "write"):
@@ -25,7 +29,8 @@ def _deny(request: Request, need: str) -> None:
 
 
 def can_read(request: Request) -> None:
-    """Dependency: reads are open unless the server is --private."""
+    """Dependency: reads are open unless the server is --private; then a token (header) or
+    the dashboard's login cookie is needed."""
     _deny(request, "read")
 
 

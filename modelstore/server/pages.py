@@ -3,7 +3,8 @@
 Pages read the store directly (deps.store), never through the HTTP API; small vanilla scripts
 in static/ draw the charts (plotly.js from the plotly package, served here, never a CDN), sort
 tables, complete query keys and post comments. A bad REF or query is an HTML error page with
-the status of its kind (404, 400), not a crash.
+the status of its kind (404, 400), not a crash. On a --private server a browser signs in at
+/login (pages_login); static files need no sign-in (they hold no data).
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import jinja2
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
-from modelstore import __version__
+from modelstore import __version__, graph_store
 from modelstore.errors import InvalidInputError, ModelstoreError, NotFoundError
 from modelstore.server import pages_catalog as pc
+from modelstore.server import pages_graph as pg
+from modelstore.server import pages_login
 from modelstore.server import pages_views as pv
-from modelstore.server.deps import can_read, store
+from modelstore.server.deps import store
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -30,13 +33,14 @@ TENSOR_ROWS = 2000         # tensors listed on a version page
 LINEAGE_NODES = 30         # newest versions of a model drawn in its lineage graph
 MAX_COMPARE = 5
 
-router = APIRouter(include_in_schema=False, dependencies=[Depends(can_read)])
+assets = APIRouter(include_in_schema=False)  # css, js, plotly: open even on a --private server
+pages = APIRouter(include_in_schema=False, dependencies=[Depends(pages_login.page_reader)])
 STORE = Depends(store)
 REFS = Query(default=[])
 
 env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                          trim_blocks=True, lstrip_blocks=True)
-env.filters.update(fmt=pv.fmt, bytes=pv.human_bytes, count=pv.human_count, sortval=pv.sort_value,
+env.filters.update(fmt=pv.fmt, bytes=pv.human_bytes, count=pv.human_count, sortval=pv.sort_value, hz=pg.human_hz,
                    when=lambda s: (s or "–").replace("T", " ")[:19] + ("Z" if s and len(s) > 19 else ""))
 env.globals.update(app_version=__version__)
 
@@ -68,7 +72,10 @@ env.globals.update(static_v=_static_version(), plotly_v=_plotly_version())
 
 
 def render(request: Request, template: str, status: int = 200, **ctx) -> HTMLResponse:
-    html = env.get_template(template).render(request_path=request.url.path, **ctx)
+    cfg = request.app.state.config
+    ctx.setdefault("signed_in", pages_login.signed_in(request))
+    html = env.get_template(template).render(request_path=request.url.path,
+                                             has_login=bool(cfg.private or cfg.token or cfg.read_tokens), **ctx)
     return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
 
@@ -89,7 +96,7 @@ def html_errors(fn):
 _LONG_CACHE = {"Cache-Control": "public, max-age=31536000, immutable"}
 
 
-@router.get("/static/plotly.min.js")
+@assets.get("/static/plotly.min.js")
 def plotly_js():
     path = _plotly_path()
     if path is None:
@@ -101,7 +108,7 @@ _STATIC_FILES = {p.name: p for p in STATIC.iterdir() if p.is_file()} if STATIC.i
 _TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
 
 
-@router.get("/static/{name}")
+@assets.get("/static/{name}")
 def static_file(name: str):
     path = _STATIC_FILES.get(name)  # only files that ship in static/: no path from the request
     if path is None:
@@ -109,7 +116,7 @@ def static_file(name: str):
     return FileResponse(path, media_type=_TYPES.get(path.suffix, "application/octet-stream"), headers=_LONG_CACHE)
 
 
-@router.get("/favicon.ico")
+@assets.get("/favicon.ico")
 def favicon():
     return Response(status_code=204)
 
@@ -122,7 +129,7 @@ def _page_number(page: int, total: int) -> tuple[int, int]:
     return min(page, pages), pages
 
 
-@router.get("/", response_class=HTMLResponse)
+@pages.get("/", response_class=HTMLResponse)
 @html_errors
 def models_page(request: Request, page: int = 1, s=STORE):
     total, rows = pc.model_summaries(s.catalog, PAGE_SIZE, 0)
@@ -135,7 +142,7 @@ def models_page(request: Request, page: int = 1, s=STORE):
     return render(request, "models.html", title="Models", rows=rows, total=total, page=page, pages=pages)
 
 
-@router.get("/models/{model:path}", response_class=HTMLResponse)
+@pages.get("/models/{model:path}", response_class=HTMLResponse)
 @html_errors
 def model_page(request: Request, model: str, sort: str = "version", desc: int = 1, page: int = 1,
                s=STORE):
@@ -160,7 +167,7 @@ def model_page(request: Request, model: str, sort: str = "version", desc: int = 
                   graph_shown=shown)
 
 
-@router.get("/versions/{ref:path}", response_class=HTMLResponse)
+@pages.get("/versions/{ref:path}", response_class=HTMLResponse)
 @html_errors
 def version_page(request: Request, ref: str, s=STORE):
     info = s.resolve(ref)
@@ -171,9 +178,16 @@ def version_page(request: Request, ref: str, s=STORE):
     metrics = [{"dataset": ds, "name": n, "value": v} for ds, per in sorted(info.metrics.items())
                for n, v in sorted(per.items())]
     cfg = request.app.state.config
+    ops, ops_error = None, None
+    try:
+        g = graph_store.of_version(s, info)
+        ops = pg.op_summary(g) if g is not None else None
+    except ModelstoreError as exc:  # a missing or corrupt graph blob: say so, still show the version
+        ops_error = f"{exc.kind}: {exc}"
     return render(request, "version.html", title=info.ref, info=info, doc=doc, metrics=metrics,
                   tensors=tensors[:TENSOR_ROWS], n_tensors=len(tensors), lineage=lin, graph=graph,
-                  needs_token=cfg.token is not None, ref_arg=info.ref)
+                  needs_token=cfg.token is not None, ref_arg=info.ref, figures=pg.version_figures(info),
+                  cpu_note=pg.cpu_assumption(info.meta), ops=ops, ops_error=ops_error)
 
 
 def _examples(keys: dict, models: list[str]) -> list[str]:
@@ -190,7 +204,7 @@ def _examples(keys: dict, models: list[str]) -> list[str]:
     return ex
 
 
-@router.get("/query", response_class=HTMLResponse)
+@pages.get("/query", response_class=HTMLResponse)
 @html_errors
 def query_page(request: Request, q: str = "", s=STORE):
     from modelstore.query import cell, format_cell, query_ids
@@ -220,7 +234,7 @@ def query_page(request: Request, q: str = "", s=STORE):
     return render(request, "query.html", **ctx)
 
 
-@router.get("/compare", response_class=HTMLResponse)
+@pages.get("/compare", response_class=HTMLResponse)
 @html_errors
 def compare_page(request: Request, v: list[str] = REFS, s=STORE):
     refs = [r.strip() for r in v if r.strip()]
@@ -232,7 +246,7 @@ def compare_page(request: Request, v: list[str] = REFS, s=STORE):
     return render(request, "compare.html", title="Compare", infos=infos, grid=pv.compare_grid(infos), refs=refs)
 
 
-@router.get("/diff", response_class=HTMLResponse)
+@pages.get("/diff", response_class=HTMLResponse)
 @html_errors
 def diff_page(request: Request, a: str = "", b: str = "", s=STORE):
     from modelstore.diff_render import structure_notes
@@ -246,6 +260,19 @@ def diff_page(request: Request, a: str = "", b: str = "", s=STORE):
     doc = d.to_dict()
     for t in doc["tensors"]:
         t["shape"] = pv.shape_text(t)
+    gd = d.graph
+    graph = None
+    if gd is not None:
+        graph = {"counts": pg.graph_counts(gd), "rows": pg.node_changes(gd), "figures": pg.figure_rows(gd["figures"]),
+                 "identical": gd["identical"], "limit": pg.NODE_ROWS}
+    one_sided = gd is None and (graph_store.ATTR in ia.meta) != (graph_store.ATTR in ib.meta)
     return render(request, "diff.html", title=f"Diff {ia.ref} → {ib.ref}", doc=doc, a=ia.ref, b=ib.ref,
                   notes=structure_notes(d), lists=pv.diff_lists(doc), heat=pv.diff_heatmap(doc),
-                  summary_line=d.summary_line())
+                  summary_line=d.summary_line(), graph=graph, graph_one_sided=one_sided)
+
+
+# everything the dashboard serves, as the one `router` app.py mounts
+router = APIRouter(include_in_schema=False)
+router.include_router(assets)
+router.include_router(pages_login.router)
+router.include_router(pages)

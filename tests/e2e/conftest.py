@@ -6,6 +6,7 @@ subprocess on 127.0.0.1, and a headless Chromium (Debian's) driven by Playwright
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -69,47 +70,81 @@ def build_store(store) -> dict:
     return refs
 
 
+def onnx_mlp(insert: bool = False, activation: str = "Relu", hidden: int = 32):
+    """A small ONNX MLP made with onnx.helper: fc1 -> act1 -> [mid -> act_mid] -> fc2 -> softmax."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def w(name, shape, seed):
+        return numpy_helper.from_array(np.random.default_rng(seed).standard_normal(shape).astype(np.float32), name)
+
+    nodes = [helper.make_node("Gemm", ["x", "fc1.weight", "fc1.bias"], ["h1"], name="fc1", transB=1),
+             helper.make_node(activation, ["h1"], ["a1"], name="act1")]
+    inits = [w("fc1.weight", (hidden, 16), 1), w("fc1.bias", (hidden,), 2), w("fc2.weight", (4, hidden), 3),
+             w("fc2.bias", (4,), 4)]
+    last = "a1"
+    if insert:
+        nodes += [helper.make_node("Gemm", ["a1", "mid.weight", "mid.bias"], ["hm"], name="mid", transB=1),
+                  helper.make_node("Relu", ["hm"], ["am"], name="act_mid")]
+        inits += [w("mid.weight", (hidden, hidden), 5), w("mid.bias", (hidden,), 6)]
+        last = "am"
+    nodes += [helper.make_node("Gemm", [last, "fc2.weight", "fc2.bias"], ["logits"], name="fc2", transB=1),
+              helper.make_node("Softmax", ["logits"], ["y"], name="softmax", axis=-1)]
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def add_graph_models(store, folder: Path) -> bool:
+    """`onnx-mlp`: @1 an MLP committed from .onnx, @2 with a layer inserted and the activation
+    changed to Tanh (a graph diff: 2 added, 1 changed), @3 the same weights as plain arrays (no
+    graph). False when onnx is not installed."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        return False
+    folder.mkdir(parents=True, exist_ok=True)
+    a, b = folder / "mlp.onnx", folder / "mlp-deeper.onnx"
+    onnx.save(onnx_mlp(), str(a))
+    onnx.save(onnx_mlp(insert=True, activation="Tanh"), str(b))
+    store.commit(str(a), model="onnx-mlp", message="MLP exported to ONNX")
+    store.commit(str(b), model="onnx-mlp", message="a hidden layer more, tanh")
+    arrays = {i.name: numpy_helper.to_array(i) for i in onnx_mlp().graph.initializer}
+    store.commit(arrays, model="onnx-mlp", message="weights only")
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _serve_cmd(root: Path, port: int, token: str | None) -> list[str]:
+def _serve_cmd(root: Path, port: int, token: str | None, private: bool = False) -> list[str]:
     """`modelstore serve` when the CLI has it, else uvicorn over create_app (same app)."""
     probe = subprocess.run([sys.executable, "-m", "modelstore", "serve", "--help"], capture_output=True, text=True,
                            cwd=ROOT, timeout=60, check=False)
     if probe.returncode == 0 and "--port" in probe.stdout:
         cmd = [sys.executable, "-m", "modelstore", "--store", str(root), "serve", "--host", "127.0.0.1",
                "--port", str(port)]
-        return cmd + (["--token", token] if token else [])
+        return cmd + (["--token", token] if token else []) + (["--private"] if private else [])
     code = ("import uvicorn, sys; from modelstore.server import create_app; "
-            f"uvicorn.run(create_app({str(root)!r}, token={token!r}), host='127.0.0.1', port={port}, log_level='warning')")
+            f"uvicorn.run(create_app({str(root)!r}, token={token!r}, private={private!r}), host='127.0.0.1', "
+            f"port={port}, log_level='warning')")
     return [sys.executable, "-c", code]
 
 
-@pytest.fixture(scope="session")
-def e2e_store(tmp_path_factory):
-    from modelstore.store import Store
-
-    root = tmp_path_factory.mktemp("e2e") / "store"
-    with Store.init(root) as s:
-        refs = build_store(s)
-    return root, refs
-
-
-@pytest.fixture(scope="session")
-def server(e2e_store):
-    """Base URL of a real server process on 127.0.0.1 (stopped at the end of the session)."""
-    root, _ = e2e_store
+@contextlib.contextmanager
+def _serving(root: Path, token: str, private: bool = False):
+    """A server process on a free port, up (it answers /static/style.css) before this yields its URL."""
     port = free_port()
-    token = "e2e-secret-token"
-    proc = subprocess.Popen(_serve_cmd(root, port, token), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(_serve_cmd(root, port, token, private), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while True:
         try:
-            with urllib.request.urlopen(url + "/", timeout=2) as r:
+            with urllib.request.urlopen(url + "/static/style.css", timeout=2) as r:
                 if r.status == 200:
                     break
         except OSError:
@@ -119,12 +154,41 @@ def server(e2e_store):
             proc.kill()
             pytest.fail(f"server did not start on {url}: {out[-2000:]}")
         time.sleep(0.2)
-    yield {"url": url, "token": token}
-    proc.terminate()
     try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="session")
+def e2e_store(tmp_path_factory):
+    from modelstore.store import Store
+
+    root = tmp_path_factory.mktemp("e2e") / "store"
+    with Store.init(root) as s:
+        refs = build_store(s)
+        add_graph_models(s, root.parent / "onnx")
+    return root, refs
+
+
+@pytest.fixture(scope="session")
+def server(e2e_store):
+    """Base URL of a real server process on 127.0.0.1 (stopped at the end of the session)."""
+    token = "e2e-secret-token"
+    with _serving(e2e_store[0], token) as url:
+        yield {"url": url, "token": token}
+
+
+@pytest.fixture(scope="session")
+def private_server(e2e_store):
+    """A second server on the same store, started with --private (reads need a token too)."""
+    token = "e2e-private-token"
+    with _serving(e2e_store[0], token, private=True) as url:
+        yield {"url": url, "token": token}
 
 
 @pytest.fixture(scope="session")

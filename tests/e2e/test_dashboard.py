@@ -1,7 +1,8 @@
 """The dashboard in a real headless Chromium against a real server process: every page opens
 without script errors and draws its charts, the query box completes keys and runs, a diff
-opens from its form, a comment posted through the form appears (and persists), and a
-screenshot of each page is saved (MODELSTORE_SCREENSHOTS, else a pytest temp dir)."""
+opens from its form, a comment posted through the form appears (and persists), a --private
+server is usable after signing in, and a screenshot of each page is saved
+(MODELSTORE_SCREENSHOTS, else a pytest temp dir)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ PAGES = [
     ("query", "/query?q=accuracy%40digits-clean%20%3E%200.8%20order%20by%20accuracy%40digits-clean%20desc", "Query", 1),
     ("compare", "/compare?v=mlp-wide@4&v=mlp-deep@4&v=acme/mlp-ft@1", "Compare", 2),
     ("diff", "/diff?a=mlp-deep@4&b=acme/mlp-ft@1", "Diff", 1),
+    ("version-graph", "/versions/onnx-mlp@2", "onnx-mlp@2", 0),           # hardware figures, op list
+    ("diff-graph", "/diff?a=onnx-mlp@1&b=onnx-mlp@2", "Diff", 1),         # node changes beside tensors
 ]
 
 
@@ -165,3 +168,59 @@ def test_unknown_ref_is_a_404_page(page, server):
     resp = open_page(page, server, "/versions/no-such-model@1")
     assert resp.status == 404
     assert "Not found" in page.locator("h1").inner_text()
+
+
+def test_graph_diff_and_figures(page, server):
+    open_page(page, server, "/diff?a=onnx-mlp@1&b=onnx-mlp@2")
+    rows = page.locator("#graph-changes tbody tr").all_inner_texts()
+    assert [r.split("\t")[:3] for r in rows] == [["added", "mid", "Gemm"], ["added", "act_mid", "Relu"],
+                                                  ["changed", "act1", "Relu → Tanh"]]
+    figures = page.locator("#graph-figures").inner_text()
+    assert "flops / inference" in figures and "720" in figures and "1.8K" in figures
+    open_page(page, server, "/versions/onnx-mlp@2")
+    assert "1.81 kHz" in page.locator("#hw-figures").inner_text()
+    assert page.locator("#graph-nodes tbody tr").count() == 6
+    assert page.js_errors == []
+
+
+def test_private_server_login(browser, private_server, shots):
+    """serve --private --token T: / sends the browser to the sign-in page; after signing in the
+    models list shows, a comment posts (the write token kept for the form), and sign-out ends it."""
+    url, token = private_server["url"], private_server["token"]
+    ctx = browser.new_context(viewport={"width": 1360, "height": 900})
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        pg.goto(url + "/versions/mlp-wide@2", wait_until="load")
+        assert "/login?next=" in pg.url and pg.locator("h1").inner_text() == "Sign in"
+        pg.fill("#login-token", "not-the-token")
+        pg.click("#login-form button[type=submit]")
+        pg.wait_for_selector("#login-error:not([hidden])")
+        assert "not valid" in pg.locator("#login-error").inner_text()
+        screenshot(pg, shots / "login.png")
+        pg.fill("#login-token", token)
+        pg.click("#login-form button[type=submit]")
+        pg.wait_for_url("**/versions/mlp-wide@2")                    # back where the browser wanted to go
+        pg.goto(url + "/", wait_until="load")
+        assert pg.locator("h1").inner_text().startswith("Models")
+        assert pg.locator('a[href="/models/mlp-wide"]').count() == 1
+        cookie = next(c for c in ctx.cookies() if c["name"] == "modelstore_session")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["value"] != token
+        pg.goto(url + "/versions/mlp-wide@2", wait_until="load")
+        assert not pg.locator(".token-field").is_visible()          # the write token is already stored
+        before = pg.locator("#comment-list li").count()
+        pg.fill("#comment-text", "posted from a private dashboard")
+        pg.click("#comment-form button[type=submit]")
+        pg.wait_for_selector("#comment-status.ok")
+        assert pg.locator("#comment-list li").count() == before + 1
+        screenshot(pg, shots / "private-version.png")
+        pg.click("#nav-logout")
+        pg.wait_for_selector("#signed-out")
+        assert pg.evaluate("localStorage.getItem('modelstore.token')") is None
+        assert not [c for c in ctx.cookies() if c["name"] == "modelstore_session"]
+        pg.goto(url + "/", wait_until="load")
+        assert "/login" in pg.url
+        assert errors == []
+    finally:
+        ctx.close()
