@@ -14,6 +14,9 @@ from modelstore.errors import (
 
 __version__ = "0.1.0"
 
+# Eager (cheap: no heavy imports) so that importing the modelstore.track module cannot shadow it.
+from modelstore.track import track  # noqa: E402
+
 
 def __getattr__(name):
     # Lazy: `import modelstore` stays cheap for the CLI's --version.
@@ -33,6 +36,6 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Store", "VersionInfo", "diff_files", "ModelstoreError", "NotFoundError", "AlreadyExistsError", "InvalidInputError",
+    "Store", "VersionInfo", "diff_files", "track", "ModelstoreError", "NotFoundError", "AlreadyExistsError", "InvalidInputError",
     "LockedError", "ReadOnlyError", "IntegrityError", "FormatError", "InternalError", "__version__",
 ]
