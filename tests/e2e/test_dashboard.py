@@ -7,7 +7,7 @@ server is usable after signing in, and a screenshot of each page is saved
 from __future__ import annotations
 
 import pytest
-from conftest import HOSTILE
+from e2e.conftest import HOSTILE
 
 PAGES = [
     ("models", "/", "Models", 0),
