@@ -164,7 +164,7 @@ def _serving(root: Path, token: str, private: bool = False):
             proc.kill()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def e2e_store(tmp_path_factory):
     from modelstore.store import Store
 
@@ -175,7 +175,7 @@ def e2e_store(tmp_path_factory):
     return root, refs
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server(e2e_store):
     """Base URL of a real server process on 127.0.0.1 (stopped at the end of the session)."""
     token = "e2e-secret-token"
@@ -183,7 +183,7 @@ def server(e2e_store):
         yield {"url": url, "token": token}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def private_server(e2e_store):
     """A second server on the same store, started with --private (reads need a token too)."""
     token = "e2e-private-token"
@@ -191,7 +191,9 @@ def private_server(e2e_store):
         yield {"url": url, "token": token}
 
 
-@pytest.fixture(scope="session")
+# Package scope: Playwright's sync API keeps an event loop running in the main thread until it
+# stops, which would break later tests that call asyncio.run().
+@pytest.fixture(scope="package")
 def browser():
     if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
         pytest.skip(f"no chromium at {CHROMIUM} (apt-get install -y chromium)")
