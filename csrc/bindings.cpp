@@ -27,6 +27,7 @@
 
 #include "modelstore/kernels.hpp"
 #include "modelstore/splithuff.hpp"
+#include "modelstore/xordelta.hpp"
 
 namespace py = pybind11;
 namespace mk = modelstore::kernels;
@@ -275,6 +276,58 @@ void py_splithuff_decode(py::handle payload, py::handle out) {
     if (!err.empty()) throw py::value_error(err);
 }
 
+// -- xordelta codec: (chunk XOR base) in byte planes; many links applied in one call --------
+py::bytes py_xordelta_encode(py::handle buf, py::handle base, int k) {
+    ByteView v(buf), b(base);
+    const std::size_t n = v.size();
+    if (b.size() != n) throw py::value_error("xordelta: chunk and base differ in length");
+    if (k < 1 || k > 8 || n % std::size_t(k)) throw py::value_error("xordelta: length must be a multiple of k in 1..8");
+    const std::size_t cap = modelstore::xordelta::bound(n, k);
+    PyObject* out = PyBytes_FromStringAndSize(nullptr, Py_ssize_t(cap));
+    if (!out) throw py::error_already_set();
+    std::size_t size;
+    {
+        py::gil_scoped_release release;
+        size = modelstore::xordelta::encode(v.data(), b.data(), n, k, reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(out)));
+    }
+    if (_PyBytes_Resize(&out, Py_ssize_t(size)) != 0) throw py::error_already_set();
+    return py::reinterpret_steal<py::bytes>(out);
+}
+
+void py_xordelta_apply(py::sequence payloads, py::handle out, py::object root) {
+    std::unique_ptr<ByteView> root_view;
+    if (!root.is_none()) root_view = std::make_unique<ByteView>(root);
+    std::vector<std::unique_ptr<ByteView>> views;
+    std::vector<const uint8_t*> ptrs;
+    std::vector<std::size_t> sizes;
+    for (py::handle p : payloads) {
+        views.push_back(std::make_unique<ByteView>(p));
+        ptrs.push_back(views.back()->data());
+        sizes.push_back(views.back()->size());
+    }
+    Py_buffer dst;
+    if (PyObject_GetBuffer(out.ptr(), &dst, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) != 0) {
+        PyErr_Clear();
+        throw py::type_error("xordelta_apply: `out` must be a writable C-contiguous buffer");
+    }
+    std::string err;
+    {
+        py::gil_scoped_release release;
+        try {
+            if (root_view)
+                modelstore::xordelta::decode_chain(root_view->data(), root_view->size(), ptrs.data(), sizes.data(),
+                                                   ptrs.size(), static_cast<uint8_t*>(dst.buf), std::size_t(dst.len));
+            else
+                modelstore::xordelta::apply(ptrs.data(), sizes.data(), ptrs.size(), static_cast<uint8_t*>(dst.buf),
+                                            std::size_t(dst.len));
+        } catch (const std::exception& e) {
+            err = e.what();
+        }
+    }
+    PyBuffer_Release(&dst);
+    if (!err.empty()) throw py::value_error(err);
+}
+
 }  // namespace
 
 #ifndef VERSION_INFO
@@ -311,4 +364,9 @@ PYBIND11_MODULE(_native, m) {
           "Byte-plane split + Huffman encode of a chunk of k-byte elements (see splithuff.hpp).");
     m.def("splithuff_decode", &py_splithuff_decode, py::arg("payload"), py::arg("out"),
           "Decode a splithuff payload into the writable buffer `out` (exactly the raw size); ValueError if corrupt.");
+    m.def("xordelta_encode", &py_xordelta_encode, py::arg("buf"), py::arg("base"), py::arg("k"),
+          "Encode (buf XOR base) of k-byte elements as byte planes (see xordelta.hpp).");
+    m.def("xordelta_apply", &py_xordelta_apply, py::arg("payloads"), py::arg("out"), py::arg("root") = py::none(),
+          "XOR every xordelta payload into `out` (the decoded base, exactly the raw size); with `root` (a splithuff "
+          "payload) decode root and links together into `out`. ValueError if corrupt.");
 }

@@ -42,9 +42,10 @@ def delta_chain(store, cid: bytes) -> list:
 def read_chunk(store, cid: bytes, out=None, verify: bool = True):
     """Decoded bytes of one chunk (into `out` when given), checked against its id.
 
-    A delta chain is decoded in one buffer: the plain record at its root first, then each
-    XOR delta on top. Only the final bytes need checking: a wrong link anywhere yields
-    bytes that do not hash to `cid`. A missing base is an IntegrityError naming it.
+    A delta chain is decoded in one buffer: the plain record at its root and all XOR
+    deltas on top, in one native pass when it can (codecs.decode_chain). Only the final
+    bytes need checking: a wrong link anywhere yields bytes that do not hash to `cid`. A
+    missing base is an IntegrityError naming it.
     """
     chain = delta_chain(store, cid)
     root_id, root = chain[-1]
@@ -53,10 +54,13 @@ def read_chunk(store, cid: bytes, out=None, verify: bool = True):
         data = codecs.decode(enc, payload, raw_len, out)
     else:
         data = out if out is not None else bytearray(raw_len)
-        codecs.decode(enc, payload, raw_len, data)
-        for link_id, link in reversed(chain[:-1]):
-            enc, raw_len, _base, payload = store.packs.read(link_id, link.location, link.stored_len)
-            codecs.xor_into(enc, payload, raw_len, data)
+        links = []
+        for link_id, link in chain[:-1]:
+            lenc, link_len, _base, lpayload = store.packs.read(link_id, link.location, link.stored_len)
+            if link_len != raw_len:
+                raise IntegrityError(f"chunk {link_id.hex()}: delta of {link_len} bytes on a base of {raw_len}")
+            links.append((lenc, lpayload))
+        codecs.decode_chain(enc, payload, links, raw_len, data)
     if verify and hashing.digest(data) != cid:
         raise IntegrityError(f"chunk {cid.hex()} does not match its id (run `modelstore fsck`)")
     return data

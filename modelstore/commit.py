@@ -9,12 +9,14 @@ read through memory maps and only the pack writer's short queue holds encoded re
 
 from __future__ import annotations
 
+import threading
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from modelstore import chunking, codecs, dtypes, hashing, kernels
-from modelstore import annotate
+import numpy as np
+
+from modelstore import annotate, chunking, codecs, dtypes, hashing, kernels
 from modelstore.catalog import META_KEY, VersionInfo, check_meta_key, check_model_name
 from modelstore.chunkindex import Entry
 from modelstore.errors import InvalidInputError, ModelstoreError
@@ -24,6 +26,10 @@ from modelstore.manifest import Manifest, TensorEntry, TensorStats
 from modelstore.packs import NO_BASE, PackWriter
 
 MAX_META_VALUE = 10_000
+# A plain float record takes well over half the raw size (splithuff: ~0.83 fp32, ~0.66
+# bf16 on trained weights), so a float delta this small is kept without also encoding
+# the plain record (most chunks of a training series: their deltas are ~0.4-0.5).
+_SURE_DELTA = 0.5
 
 
 def check_meta(meta: dict | None) -> dict[str, str]:
@@ -62,7 +68,7 @@ def commit(
     parent_ids = _parents(store, model, parent)
     target = store.config.chunk_target_bytes
     with store_lock(store.layout.lock, exclusive=False), open_model(source) as src:
-        ingest = _Ingest(store, _delta_bases(store, parent_ids))
+        ingest = _Ingest(store, _delta_bases(store, model, parent_ids))
         try:
             entries = ingest.run(src.tensors, target, progress)
         finally:
@@ -94,9 +100,9 @@ class _Ingest:
     chunks are in flight, so memory is bounded by a few chunks per worker.
     """
 
-    def __init__(self, store, bases: dict[str, TensorEntry] | None = None):
+    def __init__(self, store, bases: list[dict[str, TensorEntry]] | None = None):
         self.store = store
-        self.bases = bases or {}
+        self.bases = bases or []
         self.max_depth = store.config.delta_depth
         self.new_entries: dict[bytes, Entry] = {}
         self.new_stats: dict[bytes, tuple] = {}
@@ -114,10 +120,9 @@ class _Ingest:
                 rows = chunking.chunk_rows(t.shape, dt.itemsize, target)
                 buf = t.buffer() if t.nbytes else memoryview(b"")
                 ids, stats = [], []
-                parent = self.bases.get(t.name)
-                if parent is not None and (parent.dtype != dt.name or parent.chunk_rows != rows
-                                           or tuple(parent.shape[1:]) != tuple(t.shape[1:])):
-                    parent = None
+                cands = [p for p in (b.get(t.name) for b in self.bases)
+                         if p is not None and p.dtype == dt.name and p.chunk_rows == rows
+                         and tuple(p.shape[1:]) == tuple(t.shape[1:])]
                 for i, (off, length) in enumerate(chunking.chunk_spans(t.shape, dt.itemsize, rows)):
                     view = buf[off : off + length]
                     cid = hashing.digest(view)
@@ -135,7 +140,7 @@ class _Ingest:
                         # Reserve the id now so a repeat within this commit is not encoded twice.
                         self.new_entries[cid] = None
                         stats.append(None)
-                        base = self._base_for(rd, parent, i, length)
+                        base = self._base_for(rd, cands, i, length)
                         self._submit(cid, key, view, dt, length, stats, len(stats) - 1, st, base,
                                      lambda t=t, a=off, b=off + length: t.release(a, b))
                     if progress:
@@ -150,33 +155,41 @@ class _Ingest:
         return [TensorEntry(t.name, dt.name, tuple(t.shape), rows, tuple(ids), TensorStats.merge(stats),
                             tuple(st[4] for st in stats)) for t, dt, rows, ids, stats in plans]
 
-    def _base_for(self, rd, parent: TensorEntry | None, i: int, length: int):
+    def _base_for(self, rd, cands: list[TensorEntry], i: int, length: int):
         """(base id, depth) to delta-encode chunk i against, or None.
 
-        The base is the parent's chunk at the same position (one training step away, so
-        the XOR is smallest); a chain grows by one per version until `delta_depth`, when a
-        plain record starts the next chain, so a read decodes at most delta_depth + 1
-        records.
+        The base is the chunk at the same position in the first candidate version
+        (_delta_bases) whose chain stays within `delta_depth` links, so a read decodes at
+        most delta_depth + 1 records; when none does, a plain record starts a new chain.
         """
-        if parent is None or self.max_depth <= 0 or i >= len(parent.chunks):
+        if self.max_depth <= 0:
             return None
-        cand = parent.chunks[i]
-        e = rd.get(cand)
-        if e is None or e.raw_len != length:
-            return None
-        depth = e.depth + 1 if e.encoding in codecs.DELTA_ENCODINGS else 1
-        return (cand, depth) if depth <= self.max_depth else None
+        for tensor in cands:
+            if i >= len(tensor.chunks):
+                continue
+            cand = tensor.chunks[i]
+            e = rd.get(cand)
+            if e is None or e.raw_len != length:
+                continue
+            depth = e.depth + 1 if e.encoding in codecs.DELTA_ENCODINGS else 1
+            if depth <= self.max_depth:
+                return cand, depth
+        return None
 
     def _submit(self, cid, key, view, dt, length, slots, slot, known_stats, base, release) -> None:
         def work():
             st = known_stats if known_stats is not None else tuple(kernels.chunk_stats(view, dt.code))
-            enc, payload = codecs.encode(view, dt)
             if base is not None:
                 from modelstore.checkout import read_chunk
 
-                delta = codecs.encode_delta(view, read_chunk(self.store, base[0]), dt)
+                denc, delta = codecs.encode_xor(view, read_chunk(self.store, base[0], out=_scratch(length)), dt)
+                if dt.kind == "f" and len(delta) <= _SURE_DELTA * length:
+                    return st, denc, delta, base
+                enc, payload = codecs.encode(view, dt)
                 if len(delta) < len(payload):
-                    return st, codecs.XOR_BLOSC2, delta, base
+                    return st, denc, delta, base
+                return st, enc, payload, None
+            enc, payload = codecs.encode(view, dt)
             return st, enc, payload, None
 
         fut = self.pool.submit(work) if self.pool else _Done(work())
@@ -205,6 +218,18 @@ class _Ingest:
             self.writer.abort()
 
 
+_local = threading.local()
+
+
+def _scratch(n: int):
+    """A reusable per-thread buffer of n bytes for decoding a delta base: a fresh
+    multi-MiB allocation per chunk costs more in page faults than the decode."""
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.size < n:
+        buf = _local.buf = np.empty(max(n, 1 << 22), dtype=np.uint8)
+    return buf[:n]
+
+
 class _Done:
     def __init__(self, value):
         self.value = value
@@ -216,15 +241,37 @@ class _Done:
         pass
 
 
-def _delta_bases(store, parent_ids: list[int]) -> dict[str, TensorEntry]:
-    """Tensors of the first parent, by name: the candidates for delta encoding."""
+def _delta_bases(store, model: str, parent_ids: list[int]) -> list[dict[str, TensorEntry]]:
+    """Tensors by name of the versions to delta-encode against, best first.
+
+    Along a model's linear history bases follow a skip-delta ladder (as in Subversion):
+    the version with 0-based number g deltas against version g - lowbit(g), so its chain
+    holds popcount(g) <= log2(g) + 1 links, with no plain restarts for 2^delta_depth
+    versions, while half of the versions still delta against their parent (g odd) and
+    the rest against an ancestor 2, 4, 8... steps back. The first parent is the fallback
+    (and the only candidate on a branch or a new model).
+    """
     if not parent_ids or store.config.delta_depth <= 0:
-        return {}
-    info = store.catalog.version_by_id(parent_ids[0])
+        return []
+    out = []
+    parent = store.catalog.version_by_id(parent_ids[0])
     try:
-        return store.manifest(info).by_name()
+        latest = store.catalog.resolve(f"{model}@latest")
+    except (KeyError, ModelstoreError):
+        latest = None
+    if latest is not None and latest.id == parent.id:
+        g = latest.number  # the new version's number - 1
+        target = g - (g & -g) + 1
+        if 1 <= target < latest.number:
+            try:
+                out.append(store.manifest(store.catalog.resolve(f"{model}@{target}")).by_name())
+            except (KeyError, ModelstoreError):
+                pass  # deleted: fall back to the parent
+    try:
+        out.append(store.manifest(parent).by_name())
     except ModelstoreError:
-        return {}
+        pass
+    return out
 
 
 def check_meta_lenient(meta: dict) -> dict[str, str]:

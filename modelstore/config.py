@@ -26,12 +26,14 @@ class Config:
     store_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     hash: str = hashing.ALGORITHM
     chunk_target_bytes: int = chunking.DEFAULT_TARGET
-    # A new chunk may be stored as an XOR delta against its parent's chunk; a chain holds
-    # at most this many deltas before a plain record starts the next one (0 disables
-    # deltas), so a read decodes at most delta_depth + 1 records. 4 balances ratio
-    # (~0.50 of raw on a 50-step fp32 series, vs 0.83 plain) against reading the newest
-    # version (~2-3x a plain read); see benchmarks/bench_series.py.
-    delta_depth: int = 4
+    # A new chunk may be stored as an XOR delta against an earlier version's chunk (a
+    # skip-delta ladder, commit._delta_bases); a chain holds at most this many deltas
+    # before a plain record starts the next one (0 disables deltas), so a read decodes at
+    # most delta_depth + 1 records. The ladder chains popcount(g) links for version g, so
+    # 5 stores the first 63 versions without a plain restart (0.435 of raw on the
+    # 50-step fp32 series vs 0.452 with 4; larger values only lengthen the longest
+    # chain); see benchmarks/bench_series.py.
+    delta_depth: int = 5
     extensions: dict = field(default_factory=dict)
     # Remotes of this store (`modelstore remote add`): name -> {"url": ..., "token": ...}.
     # Not part of the format: a store without the key has no remotes.

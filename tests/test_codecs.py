@@ -61,3 +61,146 @@ def test_corrupt_payloads_never_crash_the_decoder():
         codecs.decode(codecs.SPLITHUFF, payload[:-7], len(x))
     with pytest.raises(FormatError):
         codecs.decode(99, payload, len(x))
+
+
+def _xor_pattern(rng, n: int, k: int, density: float) -> np.ndarray:
+    """An XOR mask of n bytes: bytes are nonzero with a probability falling from the low
+    plane (density) to the high planes, like a trained weight's step (and exact zeros)."""
+    x = rng.integers(0, 256, n, dtype=np.uint8)
+    keep = rng.random(n) < density
+    if k > 1:
+        plane = np.arange(n) % k
+        keep &= rng.random(n) < np.where(plane == k - 1, density / 8, 1.0)
+    return np.where(keep, x, 0).astype(np.uint8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(k=st.sampled_from([1, 2, 4, 8]), count=st.integers(0, 3000), links=st.integers(1, 5),
+       density=st.sampled_from([0.0, 0.001, 0.02, 0.3, 0.9, 1.0]), seed=st.integers(0, 2**32 - 1))
+def test_xor_planes_chain_round_trip(k, count, links, density, seed):
+    """A chain of xor-planes deltas applied in one call rebuilds every version bit-exact."""
+    rng = np.random.default_rng(seed)
+    versions = [rng.integers(0, 256, count * k, dtype=np.uint8)]
+    for _ in range(links):
+        versions.append(versions[-1] ^ _xor_pattern(rng, count * k, k, density))
+    payloads = [native.xordelta_encode(versions[i + 1].tobytes(), versions[i].tobytes(), k) for i in range(links)]
+    out = bytearray(versions[0].tobytes())
+    native.xordelta_apply(payloads, out)
+    assert bytes(out) == versions[-1].tobytes()
+    one = bytearray(versions[-2].tobytes())  # the last link alone, through the codecs API
+    codecs.xor_into(codecs.XOR_PLANES, payloads[-1], len(one), one)
+    assert bytes(one) == versions[-1].tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["F64", "F32", "F16", "BF16", "F8_E4M3", "I64", "I32", "I16", "I8", "U8", "BOOL"])
+def test_encode_xor_every_dtype_round_trip(dtype):
+    dt = dtypes.get(dtype)
+    rng = np.random.default_rng(4)
+    if dt.kind == "f":
+        a = (rng.standard_normal(30_000) * 0.02).astype(dt.numpy)
+        b = (a.astype(np.float32) * (1 + 1e-3 * rng.standard_normal(a.size))).astype(dt.numpy)
+    elif dt.kind == "b":
+        a = rng.random(30_000) < 0.5
+        b = a ^ (rng.random(a.size) < 0.01)
+    else:
+        a = rng.integers(0, 100, 30_000).astype(dt.numpy)
+        b = a.copy()
+        b[rng.integers(0, a.size, 300)] += 1
+    enc, payload = codecs.encode_xor(b.tobytes(), a.tobytes(), dt)
+    assert enc == codecs.XOR_PLANES
+    assert len(payload) < b.nbytes
+    assert bytes(codecs.decode(enc, payload, b.nbytes, base=a.tobytes())) == b.tobytes()
+
+
+def test_sparse_xor_planes_code_below_one_bit_per_byte():
+    """A byte Huffman code cannot go below one bit a byte; zero-run tokens must."""
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 256, 1 << 20, dtype=np.uint8)
+    b = a.copy()
+    b[rng.integers(0, a.size, 2000)] ^= 0x5A
+    payload = native.xordelta_encode(b.tobytes(), a.tobytes(), 1)
+    assert len(payload) < a.size / 8 / 10
+    identical = native.xordelta_encode(a.tobytes(), a.tobytes(), 4)
+    assert len(identical) < 64  # every plane constant zero
+
+
+def test_xor_planes_beats_blosc2_delta_on_trained_like_weights():
+    rng = np.random.default_rng(6)
+    a = (rng.standard_normal(1 << 18) * 0.02).astype(np.float32)
+    dt = dtypes.get("F32")
+    for step in (1e-2, 1e-3, 1e-4, 1e-5):  # from a large step to a nearly frozen weight
+        b = (a * (1 + step * rng.standard_normal(a.size))).astype(np.float32)
+        old = codecs.encode_delta(b.tobytes(), a.tobytes(), dt)
+        _enc, new = codecs.encode_xor(b.tobytes(), a.tobytes(), dt)
+        assert len(new) < len(old), (step, len(new), len(old))
+
+
+def test_mixed_chain_of_old_and_new_deltas():
+    """A chain may hold xor-blosc2 links from older writers and xor-planes links."""
+    rng = np.random.default_rng(7)
+    v0 = (rng.standard_normal(20_000) * 0.02).astype(np.float32)
+    v1 = (v0 * (1 + 1e-3 * rng.standard_normal(v0.size))).astype(np.float32)
+    v2 = (v1 * (1 + 1e-3 * rng.standard_normal(v0.size))).astype(np.float32)
+    dt = dtypes.get("F32")
+    links = [(codecs.XOR_BLOSC2, codecs.encode_delta(v1.tobytes(), v0.tobytes(), dt)),
+             codecs.encode_xor(v2.tobytes(), v1.tobytes(), dt)]
+    out = bytearray(v0.tobytes())
+    codecs.apply_deltas(links, len(out), out)
+    assert bytes(out) == v2.tobytes()
+
+
+def test_corrupt_xor_planes_payloads_raise_or_leave_output_untouched():
+    """Truncation, a wrong version, a wrong plane count or trailing bytes raise
+    IntegrityError; random bit flips never crash, and when the decoder raises the output
+    buffer is untouched (the chunk hash catches flips that decode)."""
+    rng = np.random.default_rng(8)
+    a = (rng.standard_normal(100_000) * 0.02).astype(np.float32).tobytes()
+    b = (np.frombuffer(a, np.float32) * np.float32(1.0001)).astype(np.float32)
+    b[::97] = 0  # some exact changes: the high planes get zero-run coding
+    b = b.tobytes()
+    enc, payload = codecs.encode_xor(b, a, dtypes.get("F32"))
+    methods = {payload[2 + 6 * i] for i in range(4)}
+    assert 3 in methods, methods  # the zero-run coder is exercised below
+    for bad in (payload[:-5], payload[:10], payload[:1], b"", bytes([9]) + payload[1:],
+                payload[:1] + bytes([3]) + payload[2:], payload + b"\0"):
+        out = bytearray(a)
+        with pytest.raises(IntegrityError):
+            codecs.xor_into(enc, bad, len(a), out)
+        assert bytes(out) == a
+    with pytest.raises(IntegrityError):
+        codecs.decode(enc, payload, len(a) - 4, base=a[:-4])  # wrong length for the record
+    for _ in range(400):
+        bad = bytearray(payload)
+        bad[int(rng.integers(len(bad)))] ^= 1 << int(rng.integers(8))
+        out = bytearray(a)
+        try:
+            codecs.xor_into(enc, bytes(bad), len(a), out)
+        except IntegrityError:
+            assert bytes(out) == a
+
+
+@pytest.mark.parametrize("dtype", ["F32", "BF16", "F64", "F8_E5M2"])
+def test_fused_chain_decode_matches_step_by_step(dtype):
+    """A splithuff root plus xor-planes links decodes in one native pass to the same bytes
+    as root-then-links; a corrupt root or link raises and leaves the output untouched."""
+    dt = dtypes.get(dtype)
+    rng = np.random.default_rng(9)
+    v = [(rng.standard_normal(40_000) * 0.02).astype(dt.numpy)]
+    for _ in range(4):
+        v.append((v[-1].astype(np.float32) * (1 + 1e-2 * rng.standard_normal(v[0].size))).astype(dt.numpy))
+    enc, root = codecs.encode(v[0].tobytes(), dt)
+    assert enc == codecs.SPLITHUFF
+    links = [codecs.encode_xor(v[i + 1].tobytes(), v[i].tobytes(), dt) for i in range(4)]
+    fused = bytearray(v[0].nbytes)
+    codecs.decode_chain(enc, root, links, len(fused), fused)
+    assert bytes(fused) == v[-1].tobytes()
+    stepwise = bytearray(v[0].nbytes)
+    codecs.decode(enc, root, len(stepwise), stepwise)
+    codecs.apply_deltas(links, len(stepwise), stepwise)
+    assert stepwise == fused
+    for bad_root, bad_links in ((root[:-3], links), (root, links[:-1] + [(links[-1][0], links[-1][1][:-2])]),
+                                (root + b"\0", links)):
+        out = bytearray(b"\xab" * v[0].nbytes)
+        with pytest.raises(IntegrityError):
+            codecs.decode_chain(enc, bad_root, bad_links, len(out), out)
+        assert out == bytearray(b"\xab" * v[0].nbytes)

@@ -1,15 +1,13 @@
 """Checkpoint series: delta records against the parent, bounded chains, gc keeps bases."""
 
-import math
 
-import ml_dtypes
 import numpy as np
 import pytest
 
 from modelstore import codecs
 from modelstore.store import Store
 
-K = 3
+K = 2
 FLOATS = ["F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"]
 INTS = ["I64", "I32", "I16", "I8", "U8"]
 
@@ -26,18 +24,21 @@ def _perturb(x: np.ndarray, rng, step: int) -> np.ndarray:
 
 @pytest.mark.parametrize("dtype", FLOATS + INTS)
 def test_chains_round_trip_bit_exact(tmp_path, dtype):
+    """2^(K+1) + 1 versions: chains of every depth 0..K, a version whose chain would need
+    K+1 links (stored plain instead) and chains growing again after it; every version
+    reads back bit-exact and fsck decodes every chain."""
     from modelstore.dtypes import get
 
     dt = get(dtype)
     rng = np.random.default_rng(7)
     s = Store.init(tmp_path / "s", chunk_target_bytes=8 << 10, delta_depth=K)
     if dt.kind in "iu":
-        x = rng.integers(0, 7, (400, 33)).astype(dt.numpy)
+        x = rng.integers(0, 7, (240, 33)).astype(dt.numpy)
     else:
-        x = (rng.standard_normal((400, 33), dtype=np.float32) * 0.05).astype(dt.numpy)
+        x = (rng.standard_normal((240, 33), dtype=np.float32) * 0.05).astype(dt.numpy)
     versions = []
     depths = []
-    for step in range(K + 3):  # chains of depth 0 .. K, then a fresh plain base, and on
+    for step in range(2 ** (K + 1) + 1):
         info = s.commit({"w": x, "b": x[:3]}, model="series")
         versions.append((info.ref, x))
         m = s.manifest(info.ref)
@@ -52,8 +53,61 @@ def test_chains_round_trip_bit_exact(tmp_path, dtype):
         assert got.dtype == expected.dtype and got.tobytes() == expected.tobytes()
     assert depths[0] == 0
     if dt.itemsize > 1 or dt.kind in "iu":
-        assert max(depths) >= 1, f"no delta records were chosen for {dtype}: {depths}"
+        assert max(depths) == K, f"chains never reached depth {K} for {dtype}: {depths}"
+    if dt.kind == "f" and dt.itemsize > 1:  # every chunk changes each step (ints keep some)
+        assert depths[2 ** (K + 1) - 1] == 0, f"no plain restart past depth {K} for {dtype}: {depths}"
     assert s.fsck()["ok"]
+    s.close()
+
+
+def test_skip_delta_ladder_bounds_chains(tmp_path):
+    """Along a linear history version g (0-based) chains popcount(g) links: the newest of
+    a long series decodes a few links, not one per version."""
+    s = Store.init(tmp_path / "s", chunk_target_bytes=1 << 20, delta_depth=6)
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((64, 64), dtype=np.float32) * 0.05)
+    for g in range(20):
+        info = s.commit({"w": x}, model="m")
+        e = s.index.get(s.manifest(info.ref).tensors[0].chunks[0])
+        assert e.depth == g.bit_count(), (g, e.depth)
+        x = (x * (1 + 1e-3 * rng.standard_normal(x.shape, dtype=np.float32))).astype(np.float32)
+    # a branch off an old version deltas against its own parent
+    side = s.commit({"w": x}, model="m", parent="m@3")
+    e = s.index.get(s.manifest(side.ref).tensors[0].chunks[0])
+    assert e.depth == s.index.get(s.manifest("m@3").tensors[0].chunks[0]).depth + 1
+    assert s.load(side.ref)["w"].tobytes() == x.tobytes()
+    s.close()
+
+
+def test_corrupt_delta_record_is_an_integrity_error(tmp_path):
+    """A flipped byte or a truncated pack under a delta record fails loudly, never
+    returns wrong bytes."""
+    from modelstore.errors import IntegrityError
+
+    s = Store.init(tmp_path / "s", chunk_target_bytes=1 << 20, delta_depth=4)
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((256, 256), dtype=np.float32) * 0.05)
+    s.commit({"w": x}, model="m")
+    y = (x * (1 + 1e-3 * rng.standard_normal(x.shape, dtype=np.float32))).astype(np.float32)
+    v2 = s.commit({"w": y}, model="m")
+    e = s.index.get(s.manifest(v2.ref).tensors[0].chunks[0])
+    assert e.encoding == codecs.XOR_PLANES
+    from modelstore.packs import REC_HEADER, pack_path
+
+    pack = pack_path(tmp_path / "s" / "packs", e.location.pack)
+    data = bytearray(pack.read_bytes())
+    start = e.location.offset + REC_HEADER.size
+    for pos in (start + 1, start + 40, start + e.stored_len // 2, start + e.stored_len - 3):
+        bad = bytearray(data)
+        bad[pos] ^= 0x10
+        pack.write_bytes(bytes(bad))
+        s.packs.close()
+        with pytest.raises(IntegrityError):
+            s.load(v2.ref)
+    pack.write_bytes(bytes(data[: e.location.offset + 100]))
+    s.packs.close()
+    with pytest.raises(IntegrityError):
+        s.load(v2.ref)
     s.close()
 
 
@@ -89,18 +143,22 @@ def _train_mlp_series(epochs: int, seed: int = 0):
 
 
 def test_training_series_stores_far_less_than_plain(tmp_path):
+    """20 epochs of real training: the default delta chains store well under plain records."""
+    from modelstore.config import Config
+
+    series = list(_train_mlp_series(20))
     ratios = {}
-    for depth in (0, 8):
+    for depth in (0, Config.delta_depth):
         s = Store.init(tmp_path / f"s{depth}", chunk_target_bytes=16 << 10, delta_depth=depth)
         raw = 0
-        for ckpt in _train_mlp_series(20):
+        for ckpt in series:
             raw += s.commit(ckpt, model="mlp").size
         ratios[depth] = s.stats()["stored_bytes"] / raw
         for v in s.log("mlp"):
             s.load(v.ref)
         assert s.fsck()["ok"]
         s.close()
-    assert ratios[8] < 0.85 * ratios[0], ratios
+    assert ratios[Config.delta_depth] < 0.8 * ratios[0], ratios
 
 
 def test_missing_base_is_reported_not_decoded(tmp_path):

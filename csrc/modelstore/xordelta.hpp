@@ -1,0 +1,51 @@
+// xordelta.hpp -- XOR-delta codec for a chunk against its base chunk, in the byte-plane domain.
+//
+// Between two checkpoints a trained weight keeps its sign, exponent and top mantissa bits,
+// so (this XOR base), split into byte planes, has high planes that are mostly zero and low
+// planes that are close to random. Each plane is coded on its own with whichever is
+// smallest: raw, constant, splithuff (byte Huffman, 4 interleaved streams: fast for dense
+// planes) or zero-run Huffman (literals 1..255 plus zero-run-length tokens: well below one
+// bit per byte on sparse planes, where a byte Huffman code cannot go under one bit).
+// Decoding XORs any number of links into one accumulator in the plane domain and merges it
+// into the output once, so a chain of deltas costs one merge, not one per link.
+//
+// Payload layout (little-endian):
+//   u8 version (=1) || u8 k || k x { u8 method, u8 constant, u32 size } || plane data...
+//   method 0 raw: `size` == count bytes, the XOR plane as is
+//   method 1 splithuff: a splithuff payload (k = 1) of the plane, `size` bytes
+//   method 2 constant: every byte of the XOR plane equals `constant`; size == 0
+//   method 3 zero-run Huffman: 144 bytes of 4-bit code lengths for 288 symbols (symbol 2i
+//            in the low nibble of byte i; lengths <= 12, canonical codes) || u32 byte sizes
+//            of segments 0..2 || 4 LSB-first bit streams, one per segment (segment j holds
+//            elements [j*s, min(count, (j+1)*s)), s = ceil(count / 4); decoded interleaved).
+//            A stream is tokens until its segment is full, padded to a byte. Symbol 1..255
+//            is a literal byte; symbol 256 + b is a run of L zero bytes with 2^b <= L <
+//            2^(b+1), followed by b raw bits holding L - 2^b. Symbol 0 is unused.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace modelstore {
+namespace xordelta {
+
+// Upper bound of the encoded size of n bytes with k planes.
+size_t bound(size_t n, int k);
+
+// Encode (cur XOR base), n bytes each (n % k == 0, 1 <= k <= 8), into dst (capacity >=
+// bound(n, k)). Returns the encoded size.
+size_t encode(const uint8_t* cur, const uint8_t* base, size_t n, int k, uint8_t* dst);
+
+// XOR the deltas of m payloads into out (n bytes, holding the decoded base). XOR commutes,
+// so the links of a chain may come in any order. Throws std::runtime_error on any
+// corruption, before `out` is modified (never reads or writes out of bounds).
+void apply(const uint8_t* const* payloads, const size_t* sizes, size_t m, uint8_t* out, size_t n);
+
+// A whole chain into out (n bytes): its root, a splithuff payload, decoded straight into
+// the plane accumulator, then the m links XORed in, then one interleave. Same errors as
+// apply(); `out` is written only on success.
+void decode_chain(const uint8_t* root, size_t root_size, const uint8_t* const* payloads, const size_t* sizes,
+                  size_t m, uint8_t* out, size_t n);
+
+}  // namespace xordelta
+}  // namespace modelstore
