@@ -120,8 +120,10 @@ def load(store, manifest: Manifest, names: Iterable[str] | None = None) -> dict[
         return {n: load_tensor(store, by_name[n], pool) for n in wanted}
 
 
-def write_file(store, manifest: Manifest, path, fmt: str, metadata: dict[str, str] | None = None) -> None:
-    """Stream a version into a model file (safetensors, npz or pt), atomically."""
+def write_file(store, manifest: Manifest, path, fmt: str, metadata: dict[str, str] | None = None,
+               graph_proto: bytes | None = None) -> None:
+    """Stream a version into a model file (any of formats.WRITE_FORMATS), atomically;
+    `graph_proto`: the weight-less ONNX model an .onnx output needs."""
     if fmt == "safetensors":
         return _write_safetensors(store, manifest, path, metadata)
     from modelstore.formats import write_model
@@ -139,7 +141,7 @@ def write_file(store, manifest: Manifest, path, fmt: str, metadata: dict[str, st
             yield data
 
     try:
-        write_model(path, fmt, specs, read_tensor, metadata=metadata)
+        write_model(path, fmt, specs, read_tensor, metadata=metadata, graph_proto=graph_proto)
     finally:
         stream.close()
 

@@ -98,7 +98,13 @@ class Store:
 
         path = Path(path)
         fmt = fmt or format_for_path(path)
-        write_file(self, self.manifest(ref), path, fmt)
+        info = self.resolve(ref)
+        proto = None
+        if fmt == "onnx":  # the graph travels beside the weights (modelstore.graph_store)
+            from modelstore.graph_store import onnx_proto_of_version
+
+            proto = onnx_proto_of_version(self, info)
+        write_file(self, self.manifest(info), path, fmt, graph_proto=proto)
         return path
 
     def log(self, model: str | None = None) -> list[VersionInfo]:

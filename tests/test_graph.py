@@ -250,3 +250,22 @@ def test_failed_commit_leaves_only_an_unreferenced_graph_that_gc_removes(store, 
     store.set_meta(w.ref, {"graph": "resnet-like"})
     assert graph_store.of_version(store, store.resolve(w.ref)) is None
     assert store.gc()["graphs_removed"] == 0 and graph_store.check(store) == []
+
+
+def test_checkout_as_onnx_writes_the_stored_graph_back(store, tmp_path):
+    src = tmp_path / "a.onnx"
+    onnx.save(make_mlp(), str(src))
+    if not _onnx_reader_wired(src):
+        pytest.skip("the ONNX reader is not wired into formats.open_model yet")
+    store.commit(src, model="mlp")
+    out = store.checkout("mlp@1", tmp_path / "back.onnx")
+    onnx.checker.check_model(str(out))
+    a, b = onnx.load(str(src)), onnx.load(str(out))
+    weights = lambda m: {t.name: numpy_helper.to_array(t).tobytes() for t in m.graph.initializer}  # noqa: E731
+    assert weights(a) == weights(b) and len(weights(a)) > 0
+    assert [(n.op_type, list(n.input)) for n in a.graph.node] == [(n.op_type, list(n.input)) for n in b.graph.node]
+    # A version without a graph cannot become an .onnx file: one clear error, no file.
+    store.commit({"w": np.ones((2, 2), np.float32)}, model="plain")
+    with pytest.raises(InvalidInputError, match="graph"):
+        store.checkout("plain@1", tmp_path / "plain.onnx")
+    assert not (tmp_path / "plain.onnx").exists()
