@@ -65,19 +65,29 @@ QUERIES = [
 ]
 
 
-def records(n: int, seed: int = 7):
+def records(n: int, seed: int = 7, *, models: list[str] | None = None, content_id: str | None = None):
+    """`n` seeded catalog records for Catalog.register_many (the data the module doc describes).
+
+    Shared with bench_server.py: `models` replaces the 20,000 generated model names (versions
+    cycle through them) and `content_id` gives every version that one content id (a real
+    committed checkpoint) instead of a distinct made-up one.
+    """
     rnd = random.Random(seed)
     choice, rand = rnd.choice, rnd.random
     step = max(1, 30_000_000 // n)  # versions spread over ~a year whatever the scale
     for i in range(n):
-        m = i % MODELS
+        if models is None:
+            m = i % MODELS
+            model = f"{ARCHS[m % len(ARCHS)]}-{m // len(ARCHS)}"
+        else:
+            model = models[i % len(models)]
         train = choice(DATASETS)
         other = choice(DATASETS)
         size = int(math.exp(rnd.gauss(math.log(100e6), 1.0)))
         bf16 = rand() < 0.5
         yield {
-            "model": f"{ARCHS[m % len(ARCHS)]}-{m // len(ARCHS)}",
-            "content_id": f"{i:032x}",
+            "model": model,
+            "content_id": content_id or f"{i:032x}",
             "message": "",
             "author": f"user{i % 97}",
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T0 + step * i)),

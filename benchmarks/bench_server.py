@@ -3,7 +3,7 @@ equivalents (p50, p95), and requests/s of GET /api/query with 8 concurrent clien
 
 Data (built in code, seeded): one tiny real checkpoint committed, then 10,000 versions of 4
 models registered in bulk (Catalog.register_many) sharing its content id, each with ~10 typed
-attributes and 3 metrics on 2 validation datasets (as benchmarks/bench_query.py, fewer models).
+attributes and 3 metrics on 2 datasets (bench_query.records, the query benchmark's generator).
 
 The server is a real `modelstore serve` (uvicorn) in a subprocess on 127.0.0.1; each figure
 is the client-observed wall time of one keep-alive request (loopback: an upper bound of the
@@ -16,9 +16,7 @@ Scale with MODELSTORE_BENCH_SCALE (1.0 = 10,000 versions).
 
 from __future__ import annotations
 
-import math
 import os
-import random
 import socket
 import statistics
 import subprocess
@@ -29,54 +27,27 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
+# the catalog's data (and sys.path set up to import modelstore) are the query benchmark's
+from bench_query import ROOT, SCALE, records
 
-from modelstore import jsonviews  # noqa: E402
-from modelstore.store import Store  # noqa: E402
+from modelstore import jsonviews
+from modelstore.store import Store
 
-SCALE = float(os.environ.get("MODELSTORE_BENCH_SCALE", "1.0"))
 N = max(1000, int(10_000 * SCALE))
 RUNS = 41
 CLIENTS = 8
 CONCURRENT_REQUESTS = 800  # in all, across the clients
 MODELS = ["resnet-50", "org/vit-base", "bert-small", "yolo-v8"]
-TASKS = ["object-detection", "classification", "segmentation", "asr", "translation", "ocr"]
-DATASETS = ["imagenet", "coco", "voc", "ade20k", "cityscapes", "kitti"]
 QUERY = 'task = "object-detection" and accuracy > 90% and size < 100MB order by accuracy desc limit 20'
-T0 = 1_704_067_200
-
-
-def records(n: int, content_id: str, seed: int = 11):
-    rnd = random.Random(seed)
-    for i in range(n):
-        train, other = rnd.choice(DATASETS), rnd.choice(DATASETS)
-        size = int(math.exp(rnd.gauss(math.log(100e6), 1.0)))
-        yield {
-            "model": MODELS[i % len(MODELS)], "content_id": content_id, "message": f"step {i}",
-            "author": f"user{i % 13}", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T0 + 600 * i)),
-            "format": "safetensors", "size": size, "stored": size // 3, "params": size // 4, "n_tensors": 120,
-            "dtype": "F32",
-            "meta": {"task": rnd.choice(TASKS), "dataset": train, "cpu_ghz": rnd.choice([1.0, 1.5, 2.0, 3.0]),
-                     "license": rnd.choice(["mit", "apache-2.0"]), "framework": rnd.choice(["pytorch", "jax"]),
-                     "quantized": rnd.random() < 0.5, "lr": 10 ** -rnd.uniform(2, 5), "epochs": rnd.randrange(1, 300),
-                     "owner": f"team-{rnd.randrange(20)}", "seed": i},
-            "metrics": [(f"{train}-val", "accuracy", 0.5 + 0.5 * rnd.random()),
-                        (f"{train}-val", "loss", 2 * rnd.random()),
-                        (f"{train}-val", "latency_ms", math.exp(rnd.gauss(3, 0.7))),
-                        (f"{other}-test", "accuracy", 0.5 + 0.5 * rnd.random()),
-                        (f"{other}-test", "loss", 2 * rnd.random()),
-                        (f"{other}-test", "latency_ms", math.exp(rnd.gauss(3, 0.7)))],
-        }
 
 
 def build(root: Path) -> None:
     with Store.init(root) as s:
         rng = np.random.default_rng(0)
         info = s.commit({"w": rng.standard_normal((64, 64)).astype(np.float32)}, model="seed")
-        s.catalog.register_many(records(N, info.content_id))
+        s.catalog.register_many(records(N, seed=11, models=MODELS, content_id=info.content_id))
         s.tag(f"{MODELS[0]}@5", "production")
         s.comment(f"{MODELS[0]}@5", "the one we ship")
 

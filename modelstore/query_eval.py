@@ -8,27 +8,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-from modelstore.catalog import parse_time
-
+from modelstore.catalog_values import parse_time
 from modelstore.query_parse import (  # noqa: F401
+    _MULTI,
+    _SEPARATORS,
+    All,
+    And,
+    Cmp,
+    Has,
+    In,
+    InternalQueryError,
+    Key,
+    Lit,
+    Not,
+    Or,
+    Query,
     conjuncts,
     family_of,
-    InternalQueryError,
-    _SEPARATORS,
-    _MULTI,
-    Lit,
-    Key,
-    Cmp,
-    In,
-    Has,
-    And,
-    Or,
-    Not,
-    All,
-    Query,
     parse,
 )
+
 
 def in_family(dataset: str, family: tuple[str, ...] | None) -> bool:
     if family is None:
@@ -236,12 +235,9 @@ def evaluate(query: Query | str, rows: list[Row]) -> list[int]:
         ordered = []
         for group, idx in ((0, 1), (1, 2), (2, None)):
             part = [(sv, r) for sv, r in keyed if sv[0] == group]
-            part.sort(key=(lambda p: (p[0][idx], p[1].id)) if idx is not None else (lambda p: p[1].id),
+            part.sort(key=(lambda p, i=idx: (p[0][i], p[1].id)) if idx is not None else (lambda p: p[1].id),
                       reverse=q.desc)
             ordered.extend(r for _, r in part)
         hits = ordered
     ids = [r.id for r in hits]
     return ids if q.limit is None else ids[:q.limit]
-
-
-# -- SQL compilation ---------------------------------------------------------------------

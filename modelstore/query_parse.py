@@ -6,16 +6,21 @@ modelstore.query_eval evaluates them in Python (the oracle in property tests).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from lark import Lark, Token, Tree
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import (
+    UnexpectedCharacters,
+    UnexpectedEOF,
+    UnexpectedInput,
+    UnexpectedToken,
+)
 
-from modelstore.catalog import BUILTINS, parse_time, scaled
+from modelstore.catalog_values import BUILTINS, parse_time, scaled
 from modelstore.errors import InvalidInputError
-
 
 GRAMMAR = r"""
 start: [expr] [order] [limit]
@@ -375,7 +380,7 @@ class _Builder:
             value = scaled(num, UNITS[unit])
         except InvalidInputError:
             raise _tok_error(self.text, tok, f"{_show(s)} is not a number") from None
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             raise _tok_error(self.text, tok, f"{_show(s)} is out of range")
         return Lit("num", value, s)
 

@@ -15,7 +15,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Self
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from modelstore.errors import InternalError, InvalidInputError, NotFoundError
 
 Spec = tuple[str, str, tuple[int, ...]]
 ReadTensor = Callable[[str], Iterable[Any]]
+Checked = list[tuple[str, dtypes.DType, tuple[int, ...]]]  # specs after validate_specs
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class ModelSource:
         for fn in reversed(closers):
             fn()
 
-    def __enter__(self) -> ModelSource:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -189,7 +190,7 @@ def numel(shape: Sequence[int]) -> int:
     return math.prod(shape)
 
 
-def validate_specs(specs: Iterable[Sequence[Any]], where: str) -> list[tuple[str, dtypes.DType, tuple[int, ...]]]:
+def validate_specs(specs: Iterable[Sequence[Any]], where: str) -> Checked:
     """Check writer specs: unique non-empty names, our dtypes, non-negative int shapes."""
     out = []
     for spec in specs:
@@ -250,7 +251,46 @@ def iter_exact(read_tensor: ReadTensor, name: str, nbytes: int) -> Iterator[memo
         )
 
 
+def copy_tensor(out: BinaryIO, read_tensor: ReadTensor, name: str, nbytes: int) -> None:
+    """Stream the bytes of tensor ``name`` into ``out`` (checked to add up to ``nbytes``)."""
+    out.writelines(iter_exact(read_tensor, name, nbytes))
+
+
+def read_whole(read_tensor: ReadTensor, name: str, nbytes: int) -> bytearray:
+    """The bytes of tensor ``name`` in one buffer, for writers that need the whole array."""
+    buf = bytearray(nbytes)
+    pos = 0
+    for chunk in iter_exact(read_tensor, name, nbytes):
+        buf[pos:pos + chunk.nbytes] = chunk
+        pos += chunk.nbytes
+    return buf
+
+
 # ----------------------------------------------------------------------------- output
+
+
+WriteBody = Callable[[str, Checked, ReadTensor, "dict[str, str] | None"], None]
+Writer = Callable[..., None]
+
+
+def format_writer(body: WriteBody) -> Writer:
+    """The public writer ``(path, specs, read_tensor, metadata=None)`` of a format whose
+    ``body(where, checked, read_tensor, metadata)`` does the writing: every format takes
+    the same arguments, names the path in its errors and validates the specs the same way."""
+
+    def write(
+        path: str | os.PathLike[str],
+        specs: Iterable[Sequence[Any]],
+        read_tensor: ReadTensor,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        where = os.fspath(path)
+        body(where, validate_specs(specs, where), read_tensor, metadata)
+
+    write.__name__ = write.__qualname__ = body.__name__
+    write.__module__, write.__doc__ = body.__module__, body.__doc__
+    return write
+
 
 
 def _umask() -> int:

@@ -32,7 +32,7 @@ import mmap
 import os
 import struct
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -40,13 +40,15 @@ import numpy as np
 from modelstore.errors import InternalError, InvalidInputError, NotFoundError
 
 from .base import (
+    Checked,
     ModelSource,
     ReadTensor,
     TensorSource,
     atomic_output,
-    iter_exact,
+    copy_tensor,
+    format_writer,
     numel,
-    validate_specs,
+    read_whole,
 )
 
 MAGIC = b"GGUF"
@@ -154,7 +156,7 @@ def _attr(vtype: int, value: Any) -> str | None:
 def read_gguf(path: str | os.PathLike[str]) -> ModelSource:
     where = os.fspath(path)
     try:
-        f = open(where, "rb")
+        f = open(where, "rb")  # noqa: SIM115 - `with f:` below; open errors are mapped first
     except FileNotFoundError:
         raise NotFoundError(f"no such file: {where}") from None
     except OSError as e:
@@ -328,14 +330,10 @@ def _plan(data: list, rec: dict[str, Any] | None, metadata: dict[str, str] | Non
     return head + b"\0" * (-len(head) % align), align, sizes
 
 
-def write_gguf(
-    path: str | os.PathLike[str],
-    specs: Iterable[Sequence[Any]],
-    read_tensor: ReadTensor,
-    metadata: dict[str, str] | None = None,
-) -> None:
-    where = os.fspath(path)
-    checked = validate_specs(specs, where)
+@format_writer
+def write_gguf(where: str, checked: Checked, read_tensor: ReadTensor, metadata: dict[str, str] | None) -> None:
+    """Write a GGUF v3 file: the header (the ``__gguf__`` record's keys, types and order when
+    there is one, else ``metadata`` as strings), then each tensor's bytes, aligned."""
     names = [n for n, _, _ in checked]
     at = names.index(RECORD) if RECORD in names else None
     data = [s for s in checked if s[0] != RECORD]
@@ -346,12 +344,11 @@ def write_gguf(
             if dt.name != "U8" or len(shape) != 1:
                 raise InvalidInputError(f"{where}: the {RECORD!r} tensor must be 1-D U8, got {dt.name} {shape}")
             if at > 0:  # tensors before the record: keep them until the header can be written
-                spill = tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(where)))
+                spill = tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(where)))  # noqa: SIM115 - closed in finally
                 for name, dt2, shape2 in checked[:at]:
-                    for chunk in iter_exact(read_tensor, name, numel(shape2) * dt2.itemsize):
-                        spill.write(chunk)
+                    copy_tensor(spill, read_tensor, name, numel(shape2) * dt2.itemsize)
                 spill.seek(0)
-            rec = _load_record(b"".join(bytes(c) for c in iter_exact(read_tensor, RECORD, shape[0])), where)
+            rec = _load_record(read_whole(read_tensor, RECORD, shape[0]), where)
         head, align, sizes = _plan(data, rec, metadata, where)
         with atomic_output(where) as f:
             f.write(head)
@@ -359,8 +356,7 @@ def write_gguf(
                 if spill is not None and i < at:
                     _copy(spill, f, n, where)
                 else:
-                    for chunk in iter_exact(read_tensor, name, n):
-                        f.write(chunk)
+                    copy_tensor(f, read_tensor, name, n)
                 f.write(b"\0" * (-n % align))
     finally:
         if spill is not None:

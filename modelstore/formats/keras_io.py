@@ -27,7 +27,6 @@ import shutil
 import struct
 import tempfile
 import zipfile
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,16 +35,17 @@ from modelstore import dtypes
 from modelstore.errors import InvalidInputError, NotFoundError
 
 from .base import (
+    Checked,
     Holder,
     ModelSource,
     ReadTensor,
     TensorSource,
     array_bytes,
     atomic_output,
-    iter_exact,
+    format_writer,
     numel,
+    read_whole,
     require,
-    validate_specs,
 )
 
 RECORD = "__hdf5__"
@@ -108,7 +108,7 @@ def _open_keras_zip(where: str, closers: list) -> tuple[Any, dict[str, str], str
         if "config.json" in zf.namelist() and zf.getinfo("config.json").file_size < 64 << 20:
             config = zf.read("config.json").decode("utf-8", "replace")
         if info.compress_type == zipfile.ZIP_STORED:
-            f = open(where, "rb")
+            f = open(where, "rb")  # noqa: SIM115 - lives as long as the source; closed by its closers
             closers.append(f.close)
             f.seek(info.header_offset)
             head = f.read(30)
@@ -119,7 +119,7 @@ def _open_keras_zip(where: str, closers: list) -> tuple[Any, dict[str, str], str
             if start + info.file_size > os.fstat(f.fileno()).st_size:
                 raise InvalidInputError(f"{where}: {KERAS_WEIGHTS} runs past the end of the file (truncated?)")
             return _Slice(f, start, info.file_size), meta, config
-        tmp = tempfile.TemporaryFile()
+        tmp = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the source; closed by its closers
         closers.append(tmp.close)
         with zf.open(info) as src:
             shutil.copyfileobj(src, tmp, 1 << 22)
@@ -275,17 +275,11 @@ def _dataset(h5py, ds, name: str, holder: Holder, where: str) -> TensorSource:
 # ----------------------------------------------------------------------------- writer
 
 
-def write_h5(
-    path: str | os.PathLike[str],
-    specs: Iterable[Sequence[Any]],
-    read_tensor: ReadTensor,
-    metadata: dict[str, str] | None = None,
-) -> None:
+@format_writer
+def write_h5(where: str, checked: Checked, read_tensor: ReadTensor, metadata: dict[str, str] | None) -> None:
     """Write tensors as HDF5 datasets at their names' paths (plus the ``__hdf5__`` record's
     groups and attributes, or ``metadata`` as root attributes when there is no record)."""
-    where = os.fspath(path)
     h5py = _h5py("writing .h5")
-    checked = validate_specs(specs, where)
     names = {n for n, _, _ in checked}
     for name in names:
         if name == RECORD:
@@ -299,12 +293,7 @@ def write_h5(
     rec = None
     with atomic_output(where) as out, h5py.File(out, "w") as f:
         for name, dt, shape in checked:
-            n = numel(shape) * dt.itemsize
-            buf = bytearray(n)
-            pos = 0
-            for chunk in iter_exact(read_tensor, name, n):
-                buf[pos:pos + chunk.nbytes] = chunk
-                pos += chunk.nbytes
+            buf = read_whole(read_tensor, name, numel(shape) * dt.itemsize)
             if name == RECORD:
                 rec = _load_record(bytes(buf), where)
                 continue

@@ -18,13 +18,22 @@ import json
 import mmap
 import os
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from modelstore import dtypes
 from modelstore.errors import InternalError, InvalidInputError, NotFoundError
 
-from .base import ModelSource, ReadTensor, TensorSource, atomic_output, iter_exact, numel, validate_specs
+from .base import (
+    Checked,
+    ModelSource,
+    ReadTensor,
+    TensorSource,
+    atomic_output,
+    copy_tensor,
+    format_writer,
+    numel,
+)
 
 MAX_HEADER = 100_000_000  # bytes; the official implementation's limit too
 METADATA_KEY = "__metadata__"
@@ -174,7 +183,7 @@ class _Mapping:
 def read_safetensors(path: str | os.PathLike[str], format: str = "safetensors") -> ModelSource:
     path = os.fspath(path)
     try:
-        f = open(path, "rb")
+        f = open(path, "rb")  # noqa: SIM115 - `with f:` below; open errors are mapped first
     except FileNotFoundError:
         raise NotFoundError(f"no such file: {path}") from None
     except IsADirectoryError:
@@ -242,17 +251,11 @@ def build_header(specs: Sequence[tuple[str, dtypes.DType, tuple[int, ...]]], met
     return struct.pack("<Q", len(raw)) + raw
 
 
-def write_safetensors(
-    path: str | os.PathLike[str],
-    specs: Iterable[Sequence[Any]],
-    read_tensor: ReadTensor,
-    metadata: dict[str, str] | None = None,
-) -> None:
-    where = os.fspath(path)
-    checked = validate_specs(specs, where)
+@format_writer
+def write_safetensors(where: str, checked: Checked, read_tensor: ReadTensor, metadata: dict[str, str] | None) -> None:
+    """Write a .safetensors file: the JSON header (with ``metadata``), then each tensor's bytes."""
     head = build_header(checked, _check_metadata(metadata, where), where)
-    with atomic_output(path) as f:
+    with atomic_output(where) as f:
         f.write(head)
         for name, dt, shape in checked:
-            for chunk in iter_exact(read_tensor, name, numel(shape) * dt.itemsize):
-                f.write(chunk)
+            copy_tensor(f, read_tensor, name, numel(shape) * dt.itemsize)
