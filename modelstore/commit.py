@@ -84,7 +84,9 @@ def commit(
         merged_meta = {**check_meta_lenient(src.metadata), **meta}
         return store.catalog.insert_version(
             model=model, content_id=content_id.hex(), message=message or "", author=author or annotate.default_author(),
-            fmt=src.format, size=manifest.nbytes, stored=stored, params=manifest.params,
+            fmt=src.format, size=manifest.nbytes, stored=stored,
+            # the reader's logical count when it knows one (GGUF blocks, reserved records)
+            params=manifest.params if src.params is None else src.params,
             n_tensors=len(manifest.tensors), dtype=by_dtype.most_common(1)[0][0] if by_dtype else "",
             parents=parent_ids, meta=merged_meta, metrics=metrics,
             tensors=[(e.name, e.dtype, str(list(e.shape)), e.nbytes) for e in manifest.tensors],

@@ -528,10 +528,47 @@ def test_writer_reads_tensors_in_spec_order_and_exhausts_each(tmp_path, fmt):
         assert bytes(src.tensor("m").buffer()) == bytes(range(6))
 
 
+# every writer goes through base.format_writer: the same arguments, the same spec checks
+# naming the path, the same byte-count check, and nothing left behind when it fails
+_WRITERS_NEED = {"pt": "torch", "onnx": "onnx", "h5": "h5py", "keras": "h5py"}
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "npz", "pt", "gguf", "h5", "onnx", "keras"])
+def test_every_writer_validates_specs_and_streams_atomically(tmp_path, fmt):
+    from modelstore.formats import WRITE_FORMATS
+
+    assert fmt in WRITE_FORMATS
+    if fmt in _WRITERS_NEED:
+        pytest.importorskip(_WRITERS_NEED[fmt])
+    target = tmp_path / f"out.{fmt}"
+    kw = {}
+    if fmt == "onnx":
+        import onnx
+
+        kw["graph_proto"] = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [])).SerializeToString()
+    with pytest.raises(InvalidInputError, match=rf"{target}.*unsupported dtype 'F128'"):
+        write_model(target, fmt, [("a", "F128", (1,))], lambda n: [b""], **kw)
+    with pytest.raises(InvalidInputError, match=rf"{target}.*duplicate tensor name 'a'"):
+        write_model(target, fmt, [("a", "F32", (1,)), ("a", "F32", (1,))], lambda n: [b""], **kw)
+    if fmt == "keras":  # refused before any bytes are read: no Keras config to build the zip
+        with pytest.raises(InvalidInputError, match="config.json"):
+            write_model(target, fmt, [("a", "F32", (2,))], lambda n: [b"\0" * 4], **kw)
+    else:
+        with pytest.raises(InternalError, match=r"yielded 4 bytes, expected 8"):
+            write_model(target, fmt, [("a", "F32", (2,))], lambda n: [b"\0" * 4], **kw)
+        write_model(target, fmt, [("a/b", "F32", (2,)), ("c", "I64", (0,))],
+                    lambda n: [np.arange(2, dtype=np.float32)] if n == "a/b" else [], **kw)
+        with open_model(target) as src:
+            assert src.tensor("a/b").array().tolist() == [0.0, 1.0]
+            assert src.params_of() == 2  # the record (gguf, h5) is not a parameter
+    assert sorted(os.listdir(tmp_path)) == ([] if fmt == "keras" else [f"out.{fmt}"])
+
+
 def test_format_for_path():
     assert format_for_path("a/b.safetensors") == "safetensors"
     assert format_for_path("x.NPZ") == "npz"
     assert [format_for_path(f"m{s}") for s in (".pt", ".pth", ".bin")] == ["pt"] * 3
+    assert format_for_path("m.keras") == "keras" and format_for_path("m.weights.h5") == "h5"
     with pytest.raises(InvalidInputError, match=r"\.safetensors, \.npz, \.pt/\.pth/\.bin"):
         format_for_path("model.tflite")
 

@@ -380,6 +380,47 @@ def test_gguf_written_from_plain_arrays(tmp_path):
     assert not (tmp_path / "u.gguf").exists()
 
 
+def test_gguf_params_are_the_logical_element_counts(tmp_path, store, rng):
+    """Q4_0/Q8_0/Q4_K tensors count their weights (GGUF dims), not their stored U8 bytes;
+    the __gguf__ record counts nothing; the version's queryable params agree."""
+    path = tmp_path / "m.gguf"
+    gguf = _make_gguf(path, rng)
+    reader = gguf.GGUFReader(str(path))
+    want = sum(int(t.n_elements) for t in reader.tensors)
+    assert {t.tensor_type.name for t in reader.tensors} >= {"Q4_0", "Q8_0", "Q4_K"}
+    assert want == 8 * 64 + 64 + 4 * 64 + 2 * 256 + 3 * 512
+    with open_model(path) as src:
+        assert src.params == src.params_of() == want
+        stored = sum(int(np.prod(t.shape)) for t in src.tensors)  # U8 block bytes and the record
+        assert stored != want and stored - src.tensor("__gguf__").nbytes != want
+    info = store.commit(str(path), model="llm")
+    assert store.resolve(info.ref).params == want
+    assert store.resolve(info.ref).size == sum(t.nbytes for t in store.manifest(info.ref).tensors)  # stored bytes
+    assert [v.ref for v in store.query(f"params = {want}")] == [info.ref]
+    # checked out to safetensors the record rides along: the same tensors, the same count
+    store.checkout(info.ref, tmp_path / "m.safetensors")
+    with open_model(tmp_path / "m.safetensors") as src:
+        assert src.format == "safetensors" and src.params == want
+    again = store.commit(str(tmp_path / "m.safetensors"), model="llm")
+    assert again.content_id == info.content_id and store.resolve(again.ref).params == want
+
+
+@pytest.mark.parametrize("fmt,record", [("gguf", "__gguf__"), ("h5", "__hdf5__"), ("keras", "__hdf5__")])
+def test_a_foreign_record_is_refused(tmp_path, fmt, record):
+    if fmt != "gguf":
+        pytest.importorskip("h5py")
+    for raw in (b"not json", json.dumps({"format": "other/1"}).encode(), b"\xff\xfe"):
+        with pytest.raises(InvalidInputError, match=f"the '{record}' tensor is not a record modelstore wrote"):
+            write_model(tmp_path / f"x.{fmt}", fmt, [(record, "U8", (len(raw),)), ("w", "F32", (1,))],
+                        lambda n: [raw if n == record else b"\0" * 4])
+    from modelstore.formats.gguf_io import read_gguf  # (open_model reads a folder as a Hugging Face one)
+
+    (tmp_path / "dir.gguf").mkdir()
+    with pytest.raises(InvalidInputError, match="is a folder, expected a .gguf file"):
+        read_gguf(tmp_path / "dir.gguf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.gguf"]
+
+
 def _gguf_header(n_tensors, n_kv, body=b""):
     return b"GGUF" + struct.pack("<IQQ", 3, n_tensors, n_kv) + body
 
@@ -477,6 +518,136 @@ def test_keras_files_round_trip_and_load_in_keras(tmp_path, store):
 
 
 @needs_h5py
+def test_keras_params_are_count_params(tmp_path, store):
+    """Keras' own count: the __hdf5__ record and the optimizer's state are not parameters."""
+    keras, model, _ = _keras_model(tmp_path)
+    for name in ("m.keras", "m.weights.h5", "legacy.h5"):
+        with open_model(tmp_path / name) as src:
+            assert any(t.name.startswith(("optimizer/", "optimizer_weights/")) for t in src.tensors), name
+            assert src.params == model.count_params() == 35, name
+        info = store.commit(str(tmp_path / name), model="k-" + name.replace(".", "-"))
+        assert store.resolve(info.ref).params == 35, name
+        store.checkout(info.ref, tmp_path / "co.npz")  # the __hdf5__ record rides along
+        with open_model(tmp_path / "co.npz") as src:
+            assert src.params == 35, name
+    with open_model({"a/w": np.ones((3, 4), np.float32)}) as src:
+        assert src.params is None and src.params_of() == 12  # the manifest's sum
+        rewrite(src, tmp_path / "plain.h5", "h5")
+    with open_model(tmp_path / "plain.h5") as src:
+        assert src.params == 12 and src.tensor("__hdf5__").nbytes > 12
+
+
+def _keras_with_assets(tmp_path):
+    """A functional model with a custom layer that saves text and binary assets."""
+    keras = pytest.importorskip("keras")
+
+    @keras.saving.register_keras_serializable(package="modelstore_test")
+    class Vocab(keras.layers.Layer):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.words, self.blob = "alpha\nbeta\n", bytes(range(256)) * 3
+
+        def build(self, shape):
+            self.scale = self.add_weight(shape=(shape[-1],), initializer="ones", name="scale")
+
+        def call(self, x):
+            return x * self.scale
+
+        def save_assets(self, inner_path):
+            with open(os.path.join(inner_path, "vocab.txt"), "w") as f:
+                f.write(self.words)
+            with open(os.path.join(inner_path, "table.bin"), "wb") as f:
+                f.write(self.blob)
+
+        def load_assets(self, inner_path):
+            with open(os.path.join(inner_path, "vocab.txt")) as f:
+                self.words = f.read()
+            with open(os.path.join(inner_path, "table.bin"), "rb") as f:
+                self.blob = f.read()
+
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((4,))
+    out = keras.layers.Dense(2, name="head")(Vocab(name="vocab")(keras.layers.Dense(4, name="d1")(inp)))
+    model = keras.Model(inp, out)
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(np.ones((8, 4)), np.ones((8, 2)), verbose=0, epochs=1)
+    model.layers[2].words = "gamma\ndelta\n"  # not the constructor's: must come back from the assets
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save(tmp_path / "a.keras")
+    return keras, model
+
+
+@needs_h5py
+def test_keras_checkout_to_keras_round_trips_and_loads(tmp_path, store):
+    import zipfile
+
+    keras, model = _keras_with_assets(tmp_path)
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    y = keras.ops.convert_to_numpy(model(x))
+    path = tmp_path / "a.keras"
+    with zipfile.ZipFile(path) as zf:
+        want = {i.filename: zf.read(i) for i in zf.infolist() if i.filename != "model.weights.h5"}
+        names = zf.namelist()
+        (tmp_path / "inner.h5").write_bytes(zf.read("model.weights.h5"))
+    assert any(n.endswith("table.bin") for n in names)
+    info = store.commit(str(path), model="ka")
+    out = tmp_path / "co.keras"
+    store.checkout(info.ref, out)
+    assert detect_format(out) == "keras"
+    with zipfile.ZipFile(out) as zf:
+        assert zf.namelist() == names  # the same members in the same order
+        assert {n: zf.read(n) for n in names if n != "model.weights.h5"} == want  # config, metadata, assets
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
+        (tmp_path / "back.h5").write_bytes(zf.read("model.weights.h5"))
+    assert _h5_datasets(tmp_path / "back.h5") == _h5_datasets(tmp_path / "inner.h5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m2 = keras.saving.load_model(out)
+    assert np.array_equal(keras.ops.convert_to_numpy(m2(x)), y)
+    assert m2.layers[2].words == "gamma\ndelta\n" and m2.layers[2].blob == bytes(range(256)) * 3
+    assert len(m2.optimizer.variables) == len(model.optimizer.variables)
+    # read -> write -> read is a fixed point: committing the checkout gives the same version
+    assert store.commit(str(out), model="ka").content_id == info.content_id
+    store.checkout(info.ref, tmp_path / "again.keras")
+    assert (tmp_path / "again.keras").read_bytes() == out.read_bytes()  # reproducible bytes
+
+
+@needs_h5py
+def test_keras_writer_needs_a_keras_config(tmp_path, store):
+    keras, model, _ = _keras_model(tmp_path)
+    info = store.commit(str(tmp_path / "legacy.h5"), model="legacy")
+    with pytest.raises(InvalidInputError, match="config.json.*weights.h5"):
+        store.checkout(info.ref, tmp_path / "x.keras")
+    with open_model({"w": np.ones(2, np.float32)}) as src, pytest.raises(InvalidInputError, match="config.json"):
+        rewrite(src, tmp_path / "y.keras", "keras")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".keras") or p.name.startswith(".")) == \
+        ["m.keras"]  # nothing written, no temp files left
+    st = tmp_path / "st"
+    run_cli("init", st, check=0)
+    run_cli("commit", tmp_path / "legacy.h5", "--model", "legacy", store=st, check=0)
+    assert_one_line_error(run_cli("checkout", "legacy", "-o", tmp_path / "z.keras", store=st), contains="config.json")
+    # a record from before keras_members (config only): metadata.json is made from `metadata`
+    with open_model(tmp_path / "m.keras") as src:
+        rec = json.loads(bytes(src.tensor("__hdf5__").buffer()))
+        del rec["keras_members"]
+        old = json.dumps(rec).encode()
+        specs = [(t.name, t.dtype, t.shape if t.name != "__hdf5__" else (len(old),)) for t in src.tensors]
+        write_model(tmp_path / "old.keras", "keras", specs,
+                    lambda n: [old if n == "__hdf5__" else src.tensor(n).buffer()], metadata={"keras_version": "3.1.0"})
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "old.keras") as zf:
+        assert zf.namelist() == ["metadata.json", "config.json", "model.weights.h5"]
+        assert json.loads(zf.read("metadata.json")) == {"keras_version": "3.1.0"}
+    x = np.ones((2, 4), np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m2 = keras.saving.load_model(tmp_path / "old.keras")
+    assert np.array_equal(keras.ops.convert_to_numpy(m2(x)), keras.ops.convert_to_numpy(model(x)))
+
+
+@needs_h5py
 def test_keras_zip_with_compressed_weights_member(tmp_path):
     """Keras stores model.weights.h5 uncompressed (read in place); a deflated one is extracted."""
     import zipfile
@@ -541,6 +712,11 @@ def test_h5_hostile_files(tmp_path):
         zf.writestr("config.json", "{}")
     with pytest.raises(InvalidInputError, match="model.weights.h5"):
         open_model(tmp_path / "nokeras.keras")
+    with zipfile.ZipFile(tmp_path / "escape.keras", "w") as zf:
+        zf.write(tmp_path / "good.h5", "model.weights.h5")
+        zf.writestr("assets/../../evil.txt", "x")
+    with pytest.raises(InvalidInputError, match="outside the archive"):
+        open_model(tmp_path / "escape.keras")
 
 
 # ============================================================================ safetensors metadata, deps, CLI

@@ -7,6 +7,7 @@ ModelSource interface and each *_io module for the format's decisions.
 
 from __future__ import annotations
 
+import importlib
 import os
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,11 +34,19 @@ SUPPORTED = (
     ".safetensors), .npz, PyTorch state dict (.pt/.pth/.bin), .onnx, .gguf, Keras .keras, "
     "HDF5 weights (.h5), dict of numpy arrays"
 )
-WRITE_FORMATS = ("safetensors", "npz", "pt", "onnx", "gguf", "h5")
+WRITE_FORMATS = ("safetensors", "npz", "pt", "onnx", "gguf", "h5", "keras")
 _SUFFIXES = {".safetensors": "safetensors", ".npz": "npz", ".pt": "torch", ".pth": "torch", ".bin": "torch",
              ".onnx": "onnx", ".gguf": "gguf", ".h5": "h5", ".hdf5": "h5", ".keras": "keras"}
 _WRITE_SUFFIXES = {".safetensors": "safetensors", ".npz": "npz", ".pt": "pt", ".pth": "pt", ".bin": "pt",
-                   ".onnx": "onnx", ".gguf": "gguf", ".h5": "h5", ".hdf5": "h5"}
+                   ".onnx": "onnx", ".gguf": "gguf", ".h5": "h5", ".hdf5": "h5", ".keras": "keras"}
+# format -> (module, function); imported on first use, so optional dependencies stay optional
+_READERS = {"hf-safetensors": (".hf_folder", "read_folder"), "safetensors": (".safetensors_io", "read_safetensors"),
+            "npz": (".npz_io", "read_npz"), "torch": (".torch_io", "read_torch"), "onnx": (".onnx_io", "read_onnx"),
+            "gguf": (".gguf_io", "read_gguf"), "h5": (".keras_io", "read_h5"), "keras": (".keras_io", "read_h5")}
+_WRITERS = {"safetensors": (".safetensors_io", "write_safetensors"), "npz": (".npz_io", "write_npz"),
+            "pt": (".torch_io", "write_torch"), "torch": (".torch_io", "write_torch"),
+            "onnx": (".onnx_io", "write_onnx"), "gguf": (".gguf_io", "write_gguf"), "h5": (".keras_io", "write_h5"),
+            "keras": (".keras_io", "write_keras")}
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _TORCH_LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")  # torch's legacy-file magic number
 
@@ -108,46 +117,19 @@ def open_model(obj: str | os.PathLike[str] | Mapping[str, Any]) -> ModelSource:
             f"cannot open a {type(obj).__name__} as a model; pass a path or a dict of arrays ({SUPPORTED})"
         )
     path = os.fspath(obj)
-    fmt = detect_format(path)
-    if fmt == "hf-safetensors":
-        from .hf_folder import read_folder
-
-        return read_folder(path)
-    if fmt == "safetensors":
-        from .safetensors_io import read_safetensors
-
-        return read_safetensors(path)
-    if fmt == "npz":
-        from .npz_io import read_npz
-
-        return read_npz(path)
-    if fmt == "onnx":
-        from .onnx_io import read_onnx
-
-        return read_onnx(path)
-    if fmt == "gguf":
-        from .gguf_io import read_gguf
-
-        return read_gguf(path)
-    if fmt in ("h5", "keras"):
-        from .keras_io import read_h5
-
-        return read_h5(path)
-    from .torch_io import read_torch
-
-    return read_torch(path)
+    module, reader = _READERS[detect_format(path)]
+    return getattr(importlib.import_module(module, __name__), reader)(path)
 
 
 def format_for_path(path: str | os.PathLike[str]) -> str:
     """The write format for a target path by suffix: 'safetensors', 'npz', 'pt', 'onnx',
-    'gguf' or 'h5'."""
+    'gguf', 'h5' or 'keras'."""
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     fmt = _WRITE_SUFFIXES.get(suffix)
     if fmt is None:
-        hint = " (write Keras weights as .weights.h5)" if suffix == ".keras" else ""
         raise InvalidInputError(
-            f"{os.fspath(path)}: cannot tell the output format from suffix {suffix or '(none)'!r}{hint}; "
-            "use .safetensors, .npz, .pt/.pth/.bin, .onnx, .gguf or .h5"
+            f"{os.fspath(path)}: cannot tell the output format from suffix {suffix or '(none)'!r}; "
+            "use .safetensors, .npz, .pt/.pth/.bin, .onnx, .gguf, .h5 or .keras"
         )
     return fmt
 
@@ -168,22 +150,11 @@ def write_model(
     only (``__metadata__``) and ignored by npz and pt; gguf and h5 use it when the tensors
     carry no ``__gguf__`` / ``__hdf5__`` record; onnx as ``metadata_props``.
     ``graph_proto``: the weight-less ONNX ModelProto (``ModelSource.graph_proto``), required
-    for onnx and ignored by the others.
+    for onnx and ignored by the others. keras (a Keras 3 .keras zip) needs the ``__hdf5__``
+    record of a version read from a .keras file (its config.json).
     """
-    if fmt == "safetensors":
-        from .safetensors_io import write_safetensors as writer
-    elif fmt == "npz":
-        from .npz_io import write_npz as writer
-    elif fmt in ("pt", "torch"):
-        from .torch_io import write_torch as writer
-    elif fmt == "onnx":
-        from .onnx_io import write_onnx
-
-        return write_onnx(path, specs, read_tensor, metadata, graph_proto=graph_proto)
-    elif fmt == "gguf":
-        from .gguf_io import write_gguf as writer
-    elif fmt == "h5":
-        from .keras_io import write_h5 as writer
-    else:
+    if fmt not in _WRITERS:
         raise InvalidInputError(f"unknown output format {fmt!r}; use one of {', '.join(WRITE_FORMATS)}")
-    writer(path, specs, read_tensor, metadata)
+    module, writer = _WRITERS[fmt]
+    options = {"graph_proto": graph_proto} if fmt == "onnx" else {}
+    getattr(importlib.import_module(module, __name__), writer)(path, specs, read_tensor, metadata, **options)

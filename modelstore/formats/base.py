@@ -10,7 +10,9 @@ callable yielding raw byte chunks, and streams them into a file through
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import mmap
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -64,6 +66,9 @@ class TensorSource:
 class ModelSource:
     """An opened model: ``format``, ``tensors`` (file order, unique names), ``metadata``.
 
+    ``params``: the model's logical parameter count when it differs from the sum of the
+    tensors' elements (GGUF quantized blocks, reserved record tensors, optimizer state);
+    None means "sum the tensors" (:meth:`params_of` gives either).
     Context manager; :meth:`close` releases mmaps and file handles (idempotent).
     """
 
@@ -77,8 +82,10 @@ class ModelSource:
         closers: Sequence[Callable[[], None]] = (),
         graph: dict[str, Any] | None = None,
         graph_proto: bytes | None = None,
+        params: int | None = None,
     ) -> None:
         self.format = format
+        self._params, self._derived = params, params is not None
         self.tensors: list[TensorSource] = list(tensors)
         self.metadata: dict[str, str] = dict(metadata or {})
         self.path = path  # the file or folder opened; None for in-memory dicts
@@ -90,6 +97,30 @@ class ModelSource:
         self._closers = list(closers)
         self.closed = False
         check_unique_names((t.name for t in self.tensors), path or "<arrays>")
+
+    @property
+    def params(self) -> int | None:
+        """The logical parameter count when it differs from the sum of the tensors' elements:
+        set by the reader (GGUF dims, Keras without optimizer state), or derived from a
+        ``__gguf__`` / ``__hdf5__`` record carried into another format by a checkout; None:
+        the sum is right. Read it before close() (a record is read on first use)."""
+        if not self._derived:
+            self._derived = True
+            names = {t.name for t in self.tensors}
+            if "__gguf__" in names:
+                from .gguf_io import params_from_record
+
+                self._params = params_from_record(self)
+            elif "__hdf5__" in names:
+                from .keras_io import params_of
+
+                self._params = params_of(self.tensors)
+        return self._params
+
+    def params_of(self) -> int:
+        """The logical parameter count: ``params`` when the reader set it, else the sum of
+        the tensors' elements (what a version's manifest gives)."""
+        return self.params if self.params is not None else sum(numel(t.shape) for t in self.tensors)
 
     def tensor(self, name: str) -> TensorSource:
         """The tensor called ``name``; NotFoundError if there is none."""
@@ -117,6 +148,44 @@ class ModelSource:
             f"ModelSource(format={self.format!r}, path={self.path!r}, "
             f"tensors={len(self.tensors)}, closed={self.closed})"
         )
+
+
+class MappedFile:
+    """A file's read-only mmap: zero-copy slices for TensorSource readers, page release
+    hints, and a close that fails later reads loudly instead of touching freed memory."""
+
+    def __init__(self, mm: mmap.mmap, path: str) -> None:
+        self.mm, self.path, self.closed = mm, path, False
+
+    def reader(self, start: int, stop: int):
+        def read() -> memoryview:
+            if self.closed:
+                raise InternalError(f"{self.path}: buffer() called after the model source was closed")
+            return memoryview(self.mm)[start:stop].toreadonly()
+
+        return read
+
+    def releaser(self, base: int):
+        def release(start: int, stop: int) -> None:
+            lo = (base + start) // mmap.PAGESIZE * mmap.PAGESIZE
+            hi = base + stop
+            if self.closed or hi <= lo:
+                return
+            try:
+                self.mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            except (OSError, ValueError, AttributeError):
+                pass  # only a memory hint
+
+        return release
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.mm.close()
+        except BufferError:
+            # buffers handed out by buffer() are still alive; the mapping is released
+            # when the last of them is garbage-collected.
+            pass
 
 
 class Holder:
@@ -152,6 +221,32 @@ def require(module: str, extra: str, what: str) -> Any:
         raise InvalidInputError(
             f"{what} needs the {extra!r} extra: pip install 'modelstore[{extra}]'"
         ) from None
+
+
+def open_file(where: str, expected: str) -> BinaryIO:
+    """``open(where, "rb")`` with its failures as one clear modelstore error (``expected``
+    names the kind of file, e.g. "a .gguf file", for the is-a-folder case)."""
+    try:
+        return open(where, "rb")  # noqa: SIM115 - the caller closes it
+    except FileNotFoundError:
+        raise NotFoundError(f"no such file: {where}") from None
+    except IsADirectoryError:
+        raise InvalidInputError(f"{where}: is a folder, expected {expected}") from None
+    except OSError as e:
+        raise InvalidInputError(f"cannot read {where}: {e.strerror}") from None
+
+
+def load_record(raw: bytes | bytearray, where: str, name: str, fmt: str, fields: dict[str, type]) -> dict[str, Any]:
+    """A reserved record tensor (``__gguf__``, ``__hdf5__``): UTF-8 JSON whose ``format`` is
+    ``fmt`` and whose ``fields`` have those types; else one InvalidInputError."""
+    try:
+        rec = json.loads(bytes(raw).decode("utf-8"))
+        ok = isinstance(rec, dict) and rec.get("format") == fmt and all(isinstance(rec.get(k), t) for k, t in fields.items())
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        ok = False
+    if not ok:
+        raise InvalidInputError(f"{where}: the {name!r} tensor is not a record modelstore wrote ({fmt})")
+    return rec
 
 
 # ----------------------------------------------------------------------------- names
@@ -256,41 +351,49 @@ def copy_tensor(out: BinaryIO, read_tensor: ReadTensor, name: str, nbytes: int) 
     out.writelines(iter_exact(read_tensor, name, nbytes))
 
 
+def read_into(dst: Any, read_tensor: ReadTensor, name: str) -> None:
+    """Fill the writable buffer ``dst`` (e.g. a preallocated array) with tensor ``name``'s
+    bytes; they must add up to exactly its size."""
+    view = memoryview(dst).cast("B")
+    pos = 0
+    for chunk in iter_exact(read_tensor, name, view.nbytes):
+        view[pos:pos + chunk.nbytes] = chunk
+        pos += chunk.nbytes
+
+
 def read_whole(read_tensor: ReadTensor, name: str, nbytes: int) -> bytearray:
     """The bytes of tensor ``name`` in one buffer, for writers that need the whole array."""
     buf = bytearray(nbytes)
-    pos = 0
-    for chunk in iter_exact(read_tensor, name, nbytes):
-        buf[pos:pos + chunk.nbytes] = chunk
-        pos += chunk.nbytes
+    read_into(buf, read_tensor, name)
     return buf
 
 
 # ----------------------------------------------------------------------------- output
 
 
-WriteBody = Callable[[str, Checked, ReadTensor, "dict[str, str] | None"], None]
+WriteBody = Callable[..., None]
 Writer = Callable[..., None]
 
 
 def format_writer(body: WriteBody) -> Writer:
-    """The public writer ``(path, specs, read_tensor, metadata=None)`` of a format whose
-    ``body(where, checked, read_tensor, metadata)`` does the writing: every format takes
-    the same arguments, names the path in its errors and validates the specs the same way."""
+    """The public writer ``(path, specs, read_tensor, metadata=None, **options)`` of a format
+    whose ``body(where, checked, read_tensor, metadata, **options)`` does the writing: every
+    format takes the same arguments, names the path in its errors and validates the specs
+    the same way; ``options`` are the format's own keywords (ONNX: ``graph_proto``)."""
 
     def write(
         path: str | os.PathLike[str],
         specs: Iterable[Sequence[Any]],
         read_tensor: ReadTensor,
         metadata: dict[str, str] | None = None,
+        **options: Any,
     ) -> None:
         where = os.fspath(path)
-        body(where, validate_specs(specs, where), read_tensor, metadata)
+        body(where, validate_specs(specs, where), read_tensor, metadata, **options)
 
     write.__name__ = write.__qualname__ = body.__name__
     write.__module__, write.__doc__ = body.__module__, body.__doc__
     return write
-
 
 
 def _umask() -> int:

@@ -17,7 +17,9 @@ How GGUF maps onto modelstore (documented decision):
   store like any tensor, so a stored version writes back to a .gguf with the same tensors
   (bit-exact bytes), types and metadata without any other record;
 - ``ModelSource.metadata`` carries the scalar key/values (and arrays of at most 16 items, as
-  JSON) as strings, for version attributes; the record above is the authoritative copy.
+  JSON) as strings, for version attributes; the record above is the authoritative copy;
+- ``ModelSource.params`` is the logical element count from the GGUF dims (a Q4_0 tensor of
+  N weights counts N, not its N*18/32 stored bytes; the record counts nothing).
 
 The writer lays tensors out in spec order (the order it may read them in); it needs the
 record first, so when ``__gguf__`` is not the first spec the tensors before it are spilled to
@@ -37,17 +39,20 @@ from typing import Any
 
 import numpy as np
 
-from modelstore.errors import InternalError, InvalidInputError, NotFoundError
+from modelstore.errors import InternalError, InvalidInputError
 
 from .base import (
     Checked,
+    MappedFile,
     ModelSource,
     ReadTensor,
     TensorSource,
     atomic_output,
     copy_tensor,
     format_writer,
+    load_record,
     numel,
+    open_file,
     read_whole,
 )
 
@@ -155,13 +160,7 @@ def _attr(vtype: int, value: Any) -> str | None:
 
 def read_gguf(path: str | os.PathLike[str]) -> ModelSource:
     where = os.fspath(path)
-    try:
-        f = open(where, "rb")  # noqa: SIM115 - `with f:` below; open errors are mapped first
-    except FileNotFoundError:
-        raise NotFoundError(f"no such file: {where}") from None
-    except OSError as e:
-        raise InvalidInputError(f"cannot read {where}: {e.strerror}") from None
-    with f:
+    with open_file(where, "a .gguf file") as f:
         size = os.fstat(f.fileno()).st_size
         if size < 24:
             raise InvalidInputError(f"{where}: truncated: {size} bytes, a GGUF file starts with a 24-byte header")
@@ -211,15 +210,7 @@ def _parse(mm: mmap.mmap, where: str) -> ModelSource:
     data_start = -(-cur.pos // align) * align
     tensors: list[TensorSource] = []
     record_tensors = []
-    closed = [False]
-
-    def reader(start: int, stop: int):
-        def read() -> memoryview:
-            if closed[0]:
-                raise InternalError(f"{where}: buffer() called after the model source was closed")
-            return memoryview(mm)[start:stop].toreadonly()
-        return read
-
+    mapping = MappedFile(mm, where)
     for name, dims, ggml, offset in infos:
         tname, _, _, plain = GGML_TYPES[ggml]
         shape, nbytes = storage_shape(ggml, dims, f"{where}: tensor {name!r}")
@@ -229,7 +220,8 @@ def _parse(mm: mmap.mmap, where: str) -> ModelSource:
                 f"{where}: tensor {name!r} ({tname}, dims {dims}) needs bytes {start}..{start + nbytes} "
                 f"but the file has {cur.size} (truncated?)"
             )
-        tensors.append(TensorSource(name, plain or "U8", shape, nbytes, reader(start, start + nbytes)))
+        tensors.append(TensorSource(name, plain or "U8", shape, nbytes, mapping.reader(start, start + nbytes),
+                                    mapping.releaser(start)))
         record_tensors.append([name, tname, dims])
     if any(t.name == RECORD for t in tensors):
         raise InvalidInputError(f"{where}: a tensor is named {RECORD!r}, which modelstore reserves for the GGUF record")
@@ -238,14 +230,9 @@ def _parse(mm: mmap.mmap, where: str) -> ModelSource:
     blob = memoryview(record).toreadonly()
     tensors.insert(0, TensorSource(RECORD, "U8", (len(record),), len(record), lambda: blob))
 
-    def close() -> None:
-        closed[0] = True
-        try:
-            mm.close()
-        except BufferError:
-            pass  # buffers still referenced; released when they are collected
-
-    return ModelSource("gguf", tensors, metadata, path=where, closers=[close])
+    # the logical count: a quantized tensor's elements are its GGUF dims, not its stored bytes
+    params = sum(numel(dims) for _, dims, _, _ in infos)
+    return ModelSource("gguf", tensors, metadata, path=where, closers=[mapping.close], params=params)
 
 
 # ----------------------------------------------------------------------------- writer
@@ -270,23 +257,15 @@ def _pack(vtype: int, value: Any, where: str, depth: int = 0) -> bytes:
 
 
 def _load_record(raw: bytes, where: str) -> dict[str, Any]:
-    try:
-        rec = json.loads(raw.decode("utf-8"))
-        ok = (isinstance(rec, dict) and rec.get("format") == RECORD_FORMAT and isinstance(rec.get("kv"), list)
-              and isinstance(rec.get("tensors"), list) and isinstance(rec.get("alignment"), int)
-              and 1 <= rec["alignment"] <= 1 << 20)
-    except (UnicodeDecodeError, ValueError):
-        ok = False
-    if not ok:
-        raise InvalidInputError(f"{where}: the {RECORD!r} tensor is not a GGUF record written by modelstore")
+    rec = load_record(raw, where, RECORD, RECORD_FORMAT, {"kv": list, "tensors": list, "alignment": int})
+    if not 1 <= rec["alignment"] <= 1 << 20:
+        raise InvalidInputError(f"{where}: the {RECORD!r} record has alignment {rec['alignment']}, not in 1..{1 << 20}")
     return rec
 
 
-def _plan(data: list, rec: dict[str, Any] | None, metadata: dict[str, str] | None, where: str):
-    """The header bytes, alignment and per-tensor byte counts for ``data`` (spec order)."""
-    align = rec["alignment"] if rec else DEFAULT_ALIGNMENT
-    recorded = {}
-    order: dict[str, int] = {}
+def _recorded(rec: dict[str, Any] | None, where: str) -> tuple[dict[str, tuple[int, list[int]]], dict[str, int]]:
+    """The record's tensors: {name: (ggml type, dims)} and {name: position in the file}."""
+    recorded, order = {}, {}
     for i, item in enumerate(rec["tensors"] if rec else []):
         try:
             name, tname, dims = item
@@ -294,16 +273,46 @@ def _plan(data: list, rec: dict[str, Any] | None, metadata: dict[str, str] | Non
         except (TypeError, ValueError, KeyError):
             raise InvalidInputError(f"{where}: the {RECORD!r} record lists a bad tensor entry {str(item)[:80]}") from None
         order.setdefault(name, i)
+    return recorded, order
+
+
+def _still_recorded(recorded: dict, name: str, dtype: str, shape: tuple[int, ...], where: str) -> tuple | None:
+    """(ggml type, dims) of a tensor as the record has it, unless it changed since (then None)."""
+    if name not in recorded:
+        return None
+    ggml, dims = recorded[name]
+    try:
+        if storage_shape(ggml, dims, where)[0] == tuple(shape) and (GGML_TYPES[ggml][3] or "U8") == dtype:
+            return ggml, dims
+    except InvalidInputError:
+        pass
+    return None
+
+
+def params_from_record(src: ModelSource) -> int | None:
+    """The logical element count of a source carrying a ``__gguf__`` record in another format
+    (a GGUF version checked out as .safetensors): recorded tensors count their GGUF dims, the
+    others their elements; None if the record is unreadable."""
+    where = src.path or "<arrays>"
+    try:
+        recorded, _ = _recorded(_load_record(bytes(src.tensor(RECORD).buffer()), where), where)
+    except InvalidInputError:
+        return None
+    total = 0
+    for t in src.tensors:
+        if t.name != RECORD:
+            hit = _still_recorded(recorded, t.name, t.dtype, t.shape, where)
+            total += numel(hit[1] if hit else t.shape)
+    return total
+
+
+def _plan(data: list, rec: dict[str, Any] | None, metadata: dict[str, str] | None, where: str):
+    """The header bytes, alignment and per-tensor byte counts for ``data`` (spec order)."""
+    align = rec["alignment"] if rec else DEFAULT_ALIGNMENT
+    recorded, order = _recorded(rec, where)
     infos, sizes, offset = [], [], 0
     for name, dt, shape in data:
-        ggml_dims = None
-        if name in recorded:
-            ggml, dims = recorded[name]
-            try:
-                if storage_shape(ggml, dims, where)[0] == shape and (GGML_TYPES[ggml][3] or "U8") == dt.name:
-                    ggml_dims = (ggml, dims)
-            except InvalidInputError:
-                pass
+        ggml_dims = _still_recorded(recorded, name, dt.name, shape, where)
         if ggml_dims is None:  # not recorded, or changed since: write it as a plain type
             if dt.name not in PLAIN_BY_DTYPE:
                 raise InvalidInputError(f"{where}: tensor {name!r} is {dt.name}, which GGUF has no plain type for "

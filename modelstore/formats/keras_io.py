@@ -1,16 +1,21 @@
-"""Keras 3 (.keras zip) and HDF5 weight files (.h5, .weights.h5) reader; .h5 writer.
+"""Keras 3 (.keras zip) and HDF5 weight files (.h5, .weights.h5): reader and writers.
 
 Tensors are the HDF5 datasets, named by their path without the leading slash (Keras 3:
 ``layers/dense/vars/0``; legacy: ``model_weights/d1/sequential/d1/kernel``). A ``.keras``
-file is a zip; its ``model.weights.h5`` member is read in place when stored uncompressed
-(Keras writes it so), else extracted to a temporary file removed on close.
+file is a zip (keras_zip.py); its ``model.weights.h5`` member is read in place when stored
+uncompressed (Keras writes it so), else extracted to a temporary file removed on close.
 
 One extra tensor, ``__hdf5__`` (U8, 1-D), holds UTF-8 JSON with what the datasets do not
 carry: every group (empty ones too), the attributes of groups and datasets (Keras' legacy
 ``layer_names``/``weight_names`` lists, whose order matters, ``model_config``, ...) and, for
-``.keras``, the ``config.json`` text. The writer re-creates them, so a stored version
-writes back to an ``.h5`` that Keras loads. ``ModelSource.metadata`` gets the root's short
-string attributes (``keras_version``, ``backend``) and, for .keras, metadata.json's.
+``.keras``, the zip's other members (``keras_config``: config.json's text; ``keras_members``:
+metadata.json, assets, in archive order). The writers re-create them, so a stored version
+writes back to an ``.h5`` Keras loads weights from, and a version read from a ``.keras`` to
+a ``.keras`` that ``keras.saving.load_model`` opens. ``ModelSource.metadata`` gets the root's
+short string attributes (``keras_version``, ``backend``) and, for .keras, metadata.json's.
+``ModelSource.params`` counts the datasets' elements except the optimizer's state (the
+``optimizer/`` and legacy ``optimizer_weights/`` groups) and the record: Keras'
+``count_params()``.
 
 Refused (InvalidInputError, nothing read): external HDF5 links, datasets stored in external
 raw files or virtual datasets (both read other files), string/compound datasets, and
@@ -23,8 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import struct
 import tempfile
 import zipfile
 from typing import Any
@@ -34,6 +37,7 @@ import numpy as np
 from modelstore import dtypes
 from modelstore.errors import InvalidInputError, NotFoundError
 
+from . import keras_zip
 from .base import (
     Checked,
     Holder,
@@ -43,6 +47,7 @@ from .base import (
     array_bytes,
     atomic_output,
     format_writer,
+    load_record,
     numel,
     read_whole,
     require,
@@ -52,7 +57,7 @@ RECORD = "__hdf5__"
 RECORD_FORMAT = "modelstore-hdf5/1"
 DTYPE_ATTR = "modelstore_dtype"
 NON_NATIVE = {"BF16": "<u2", "F8_E4M3": "u1", "F8_E5M2": "u1"}
-KERAS_WEIGHTS = "model.weights.h5"
+OPTIMIZER_GROUPS = ("optimizer/", "optimizer_weights/")  # Keras 3 / legacy: state, not parameters
 SHORT_ATTR = 1000
 MAX_RATIO = 1024  # declared bytes per stored byte accepted (compressed chunks), beyond 64 MiB
 _FREE = 64 << 20
@@ -60,73 +65,6 @@ _FREE = 64 << 20
 
 def _h5py(what: str):
     return require("h5py", "keras", what)
-
-
-class _Slice:
-    """A read-only file object over bytes [start, start + size) of another file."""
-
-    def __init__(self, f, start: int, size: int) -> None:
-        self.f, self.start, self.size, self.pos = f, start, size, 0
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        self.pos = pos if whence == 0 else self.pos + pos if whence == 1 else self.size + pos
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def read(self, n: int = -1) -> bytes:
-        n = self.size - self.pos if n < 0 else max(0, min(n, self.size - self.pos))
-        self.f.seek(self.start + self.pos)
-        data = self.f.read(n)
-        self.pos += len(data)
-        return data
-
-    def readinto(self, b) -> int:
-        data = self.read(len(b))
-        b[:len(data)] = data
-        return len(data)
-
-
-def _open_keras_zip(where: str, closers: list) -> tuple[Any, dict[str, str], str | None]:
-    """The weights member of a .keras zip as a file object, plus metadata.json and config.json."""
-    try:
-        zf = zipfile.ZipFile(where)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise InvalidInputError(f"{where}: not a readable .keras (zip) file ({e})") from None
-    closers.append(zf.close)
-    try:
-        info = zf.getinfo(KERAS_WEIGHTS)
-    except KeyError:
-        raise InvalidInputError(f"{where}: no {KERAS_WEIGHTS} inside; not a Keras 3 .keras file") from None
-    meta: dict[str, str] = {}
-    config = None
-    try:
-        if "metadata.json" in zf.namelist() and zf.getinfo("metadata.json").file_size < 1 << 20:
-            raw = json.loads(zf.read("metadata.json"))
-            meta = {k: str(v) for k, v in raw.items() if isinstance(v, (str, int, float))} if isinstance(raw, dict) else {}
-        if "config.json" in zf.namelist() and zf.getinfo("config.json").file_size < 64 << 20:
-            config = zf.read("config.json").decode("utf-8", "replace")
-        if info.compress_type == zipfile.ZIP_STORED:
-            f = open(where, "rb")  # noqa: SIM115 - lives as long as the source; closed by its closers
-            closers.append(f.close)
-            f.seek(info.header_offset)
-            head = f.read(30)
-            if len(head) != 30 or head[:4] != b"PK\x03\x04":
-                raise InvalidInputError(f"{where}: corrupt zip entry for {KERAS_WEIGHTS}")
-            n_name, n_extra = struct.unpack("<HH", head[26:30])
-            start = info.header_offset + 30 + n_name + n_extra
-            if start + info.file_size > os.fstat(f.fileno()).st_size:
-                raise InvalidInputError(f"{where}: {KERAS_WEIGHTS} runs past the end of the file (truncated?)")
-            return _Slice(f, start, info.file_size), meta, config
-        tmp = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the source; closed by its closers
-        closers.append(tmp.close)
-        with zf.open(info) as src:
-            shutil.copyfileobj(src, tmp, 1 << 22)
-        tmp.seek(0)
-        return tmp, meta, config
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-        raise InvalidInputError(f"{where}: corrupt .keras file ({str(e)[:200]})") from None
 
 
 def _encode_attr(v: Any) -> dict[str, Any] | None:
@@ -171,11 +109,11 @@ def read_h5(path: str | os.PathLike[str]) -> ModelSource:
     closers: list = []
     try:
         is_keras = zipfile.is_zipfile(where)
-        meta: dict[str, str] = {}
-        config = None
+        members: list = []
         target: Any = where
         if is_keras:
-            target, meta, config = _open_keras_zip(where, closers)
+            target, members = keras_zip.open_weights(where, closers)
+        meta = keras_zip.metadata_of(members)
         try:
             f = h5py.File(target, "r")
         except (OSError, ValueError) as e:
@@ -196,15 +134,21 @@ def read_h5(path: str | os.PathLike[str]) -> ModelSource:
         if any(t.name == RECORD for t in tensors):
             raise InvalidInputError(f"{where}: a dataset is named {RECORD!r}, which modelstore reserves")
         rec = {"format": RECORD_FORMAT, "groups": groups, "attrs": attrs}
-        if config is not None:
-            rec["keras_config"] = config
+        if is_keras:
+            rec.update(keras_zip.members_record(members))
         blob = memoryview(json.dumps(rec, separators=(",", ":")).encode("utf-8")).toreadonly()
         tensors.insert(0, TensorSource(RECORD, "U8", (blob.nbytes,), blob.nbytes, lambda: blob))
-        return ModelSource("keras" if is_keras else "h5", tensors, meta, path=where, closers=closers)
+        return ModelSource("keras" if is_keras else "h5", tensors, meta, path=where, closers=closers,
+                           params=params_of(tensors))
     except BaseException:
         for fn in reversed(closers):
             fn()
         raise
+
+
+def params_of(tensors) -> int:
+    """Keras' count_params(): the datasets' elements but the optimizer's state and the record."""
+    return sum(numel(t.shape) for t in tensors if t.name != RECORD and not t.name.startswith(OPTIMIZER_GROUPS))
 
 
 def _walk(h5py, group, prefix: str, holder: Holder, tensors: list, groups: list, attrs: dict, where: str) -> None:
@@ -280,6 +224,25 @@ def write_h5(where: str, checked: Checked, read_tensor: ReadTensor, metadata: di
     """Write tensors as HDF5 datasets at their names' paths (plus the ``__hdf5__`` record's
     groups and attributes, or ``metadata`` as root attributes when there is no record)."""
     h5py = _h5py("writing .h5")
+    _check_paths(checked, where)
+    with atomic_output(where) as out:
+        _write_datasets(h5py, out, checked, read_tensor, metadata, where)
+
+
+@format_writer
+def write_keras(where: str, checked: Checked, read_tensor: ReadTensor, metadata: dict[str, str] | None) -> None:
+    """Write a Keras 3 .keras zip: the weights as for .h5 into a temporary file next to the
+    target, then the zip around it with the ``__hdf5__`` record's config, metadata and assets."""
+    h5py = _h5py("writing .keras")
+    _check_paths(checked, where)
+    if RECORD not in {n for n, _, _ in checked}:
+        keras_zip.require_config(None, where)  # the one clear error, before any bytes are read
+    with atomic_output(where) as out, tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(where))) as tmp:
+        rec = _write_datasets(h5py, tmp, checked, read_tensor, metadata, where)
+        keras_zip.write_zip(out, keras_zip.members_from_record(rec, metadata, where), tmp)
+
+
+def _check_paths(checked: Checked, where: str) -> None:
     names = {n for n, _, _ in checked}
     for name in names:
         if name == RECORD:
@@ -290,12 +253,18 @@ def write_h5(where: str, checked: Checked, read_tensor: ReadTensor, metadata: di
         for i in range(1, len(parts)):
             if "/".join(parts[:i]) in names:
                 raise InvalidInputError(f"{where}: tensor {'/'.join(parts[:i])!r} would have to be a group for {name!r}")
+
+
+def _write_datasets(h5py, out, checked: Checked, read_tensor: ReadTensor, metadata: dict[str, str] | None,
+                    where: str) -> dict[str, Any] | None:
+    """Write the HDF5 file into the binary file ``out``, one tensor in memory at a time;
+    returns the ``__hdf5__`` record (None when the specs have none)."""
     rec = None
-    with atomic_output(where) as out, h5py.File(out, "w") as f:
+    with h5py.File(out, "w") as f:
         for name, dt, shape in checked:
             buf = read_whole(read_tensor, name, numel(shape) * dt.itemsize)
             if name == RECORD:
-                rec = _load_record(bytes(buf), where)
+                rec = load_record(buf, where, RECORD, RECORD_FORMAT, {"groups": list, "attrs": dict})
                 continue
             np_dt = np.dtype(NON_NATIVE.get(dt.name, dt.numpy))
             arr = np.frombuffer(buf, dtype=np_dt).reshape(shape)
@@ -303,17 +272,6 @@ def write_h5(where: str, checked: Checked, read_tensor: ReadTensor, metadata: di
             if dt.name in NON_NATIVE:
                 ds.attrs[DTYPE_ATTR] = dt.name
         _apply(h5py, f, rec, metadata, where)
-
-
-def _load_record(raw: bytes, where: str) -> dict[str, Any]:
-    try:
-        rec = json.loads(raw.decode("utf-8"))
-        ok = (isinstance(rec, dict) and rec.get("format") == RECORD_FORMAT and isinstance(rec.get("groups"), list)
-              and isinstance(rec.get("attrs"), dict))
-    except (UnicodeDecodeError, ValueError):
-        ok = False
-    if not ok:
-        raise InvalidInputError(f"{where}: the {RECORD!r} tensor is not an HDF5 record written by modelstore")
     return rec
 
 

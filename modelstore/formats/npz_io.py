@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,19 @@ import numpy as np
 from modelstore import dtypes
 from modelstore.errors import InvalidInputError, NotFoundError
 
-from .base import Holder, ModelSource, check_unique_names, ReadTensor, TensorSource, array_bytes, atomic_output, iter_exact, numel, validate_specs
+from .base import (
+    Checked,
+    Holder,
+    ModelSource,
+    ReadTensor,
+    TensorSource,
+    array_bytes,
+    atomic_output,
+    check_unique_names,
+    copy_tensor,
+    format_writer,
+    numel,
+)
 
 DTYPES_MEMBER = "__modelstore_dtypes__"
 NON_NATIVE = ("BF16", "F8_E4M3", "F8_E5M2")  # dtypes .npy cannot name
@@ -151,14 +162,10 @@ def _write_npy_header(fp, header: dict[str, Any]) -> None:
         np.lib.format.write_array_header_2_0(fp, header)
 
 
-def write_npz(
-    path: str | os.PathLike[str],
-    specs: Iterable[Sequence[Any]],
-    read_tensor: ReadTensor,
-    metadata: dict[str, str] | None = None,  # noqa: ARG001 - npz cannot store it
-) -> None:
-    where = os.fspath(path)
-    checked = validate_specs(specs, where)
+@format_writer
+def write_npz(where: str, checked: Checked, read_tensor: ReadTensor, metadata: dict[str, str] | None) -> None:
+    """Write an uncompressed zip64 .npz: each tensor a ``.npy`` member (``metadata`` ignored:
+    npz has no place for it), the dtype record first when there are BF16/F8 tensors."""
     for name, _, _ in checked:
         if name == DTYPES_MEMBER:
             raise InvalidInputError(f"{where}: tensor name {DTYPES_MEMBER!r} is reserved in .npz files")
@@ -169,7 +176,7 @@ def write_npz(
         except UnicodeEncodeError:
             raise InvalidInputError(f"{where}: tensor name {name!r} is not valid unicode (lone surrogate)") from None
     dtype_map = {name: dt.name for name, dt, _ in checked if dt.name in NON_NATIVE}
-    with atomic_output(path) as f:
+    with atomic_output(where) as f:
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             if dtype_map:
                 blob = np.frombuffer(json.dumps(dtype_map, ensure_ascii=False).encode("utf-8"), dtype=np.uint8)
@@ -179,5 +186,4 @@ def write_npz(
                 descr = f"|V{dt.itemsize}" if dt.name in NON_NATIVE else np.lib.format.dtype_to_descr(dt.numpy)
                 with zf.open(name + ".npy", "w", force_zip64=True) as out:
                     _write_npy_header(out, {"descr": descr, "fortran_order": False, "shape": shape})
-                    for chunk in iter_exact(read_tensor, name, numel(shape) * dt.itemsize):
-                        out.write(chunk)
+                    copy_tensor(out, read_tensor, name, numel(shape) * dt.itemsize)

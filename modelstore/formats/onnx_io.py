@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,16 +41,18 @@ from modelstore import dtypes
 from modelstore.errors import InternalError, InvalidInputError, NotFoundError
 
 from .base import (
+    Checked,
     Holder,
     ModelSource,
     ReadTensor,
     TensorSource,
     atomic_output,
     bytes_view,
-    iter_exact,
+    copy_tensor,
+    format_writer,
     numel,
+    read_whole,
     require,
-    validate_specs,
 )
 
 EXTERNAL_THRESHOLD = 1_800_000_000  # bytes of initializers above which the writer uses external data
@@ -307,15 +308,11 @@ def graph_dict(model) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- writer
 
 
-def write_onnx(
-    path: str | os.PathLike[str],
-    specs: Iterable[Sequence[Any]],
-    read_tensor: ReadTensor,
-    metadata: dict[str, str] | None = None,
-    graph_proto: bytes | None = None,
-    external_threshold: int = EXTERNAL_THRESHOLD,
-) -> None:
-    where = os.fspath(path)
+@format_writer
+def write_onnx(where: str, checked: Checked, read_tensor: ReadTensor, metadata: dict[str, str] | None,
+               graph_proto: bytes | None = None, external_threshold: int = EXTERNAL_THRESHOLD) -> None:
+    """Write the stored graph (``graph_proto``) with each spec's bytes in its initializer,
+    ``metadata`` as ``metadata_props``; above ``external_threshold`` bytes into ``<file>.data``."""
     if graph_proto is None:
         raise InvalidInputError(
             f"{where}: writing .onnx needs the version's graph (its weight-less ONNX model) and there is "
@@ -324,7 +321,6 @@ def write_onnx(
     onnx = _onnx("writing .onnx")
     from google.protobuf.message import DecodeError
 
-    checked = validate_specs(specs, where)
     model = onnx.ModelProto()
     try:
         model.ParseFromString(bytes(graph_proto))
@@ -357,13 +353,12 @@ def write_onnx(
                 for k, v in (("location", os.path.basename(data_path)), ("offset", str(offset)), ("length", str(n))):
                     e = inits[name].external_data.add()
                     e.key, e.value = k, v
-                for chunk in iter_exact(read_tensor, name, n):
-                    f.write(chunk)
+                copy_tensor(f, read_tensor, name, n)
                 offset += n
     else:
         for name, dt, shape in checked:
             _fill(inits[name], dt.name, shape)
-            inits[name].raw_data = b"".join(bytes(c) for c in iter_exact(read_tensor, name, numel(shape) * dt.itemsize))
+            inits[name].raw_data = bytes(read_whole(read_tensor, name, numel(shape) * dt.itemsize))
     if metadata:
         del model.metadata_props[:]
         for k, v in metadata.items():

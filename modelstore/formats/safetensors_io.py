@@ -22,10 +22,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from modelstore import dtypes
-from modelstore.errors import InternalError, InvalidInputError, NotFoundError
+from modelstore.errors import InvalidInputError
 
 from .base import (
     Checked,
+    MappedFile,
     ModelSource,
     ReadTensor,
     TensorSource,
@@ -33,6 +34,7 @@ from .base import (
     copy_tensor,
     format_writer,
     numel,
+    open_file,
 )
 
 MAX_HEADER = 100_000_000  # bytes; the official implementation's limit too
@@ -143,54 +145,9 @@ def parse_header(header: Any, data_size: int, where: str) -> tuple[list[tuple[st
     return [(name, dt_name, shape, begin, end) for begin, end, _, name, dt_name, shape in entries], metadata
 
 
-class _Mapping:
-    """The file's read-only mmap; slices are zero-copy memoryviews."""
-
-    def __init__(self, mm: mmap.mmap, path: str) -> None:
-        self.mm, self.path, self.closed = mm, path, False
-
-    def reader(self, start: int, stop: int):
-        def read() -> memoryview:
-            if self.closed:
-                raise InternalError(f"{self.path}: buffer() called after the model source was closed")
-            return memoryview(self.mm)[start:stop].toreadonly()
-
-        return read
-
-    def releaser(self, base: int):
-        def release(start: int, stop: int) -> None:
-            lo = (base + start) // mmap.PAGESIZE * mmap.PAGESIZE
-            hi = base + stop
-            if self.closed or hi <= lo:
-                return
-            try:
-                self.mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
-            except (OSError, ValueError, AttributeError):
-                pass  # only a memory hint
-
-        return release
-
-    def close(self) -> None:
-        self.closed = True
-        try:
-            self.mm.close()
-        except BufferError:
-            # buffers handed out by buffer() are still alive; the mapping is released
-            # when the last of them is garbage-collected.
-            pass
-
-
 def read_safetensors(path: str | os.PathLike[str], format: str = "safetensors") -> ModelSource:
     path = os.fspath(path)
-    try:
-        f = open(path, "rb")  # noqa: SIM115 - `with f:` below; open errors are mapped first
-    except FileNotFoundError:
-        raise NotFoundError(f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise InvalidInputError(f"{path}: is a folder, expected a .safetensors file") from None
-    except OSError as e:
-        raise InvalidInputError(f"cannot read {path}: {e.strerror}") from None
-    with f:
+    with open_file(path, "a .safetensors file") as f:
         size = os.fstat(f.fileno()).st_size
         if size < 8:
             raise InvalidInputError(
@@ -212,7 +169,7 @@ def read_safetensors(path: str | os.PathLike[str], format: str = "safetensors") 
         header = loads_strict_json(raw, path)
         entries, metadata = parse_header(header, size - 8 - hlen, path)
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # size >= 8, never 0
-    mapping = _Mapping(mm, path)
+    mapping = MappedFile(mm, path)
     base = 8 + hlen
     tensors = [
         TensorSource(name, dt, shape, end - begin, mapping.reader(base + begin, base + end),

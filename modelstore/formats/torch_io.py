@@ -28,7 +28,6 @@ import os
 import pickle
 import warnings
 import zipfile
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,7 +35,7 @@ import numpy as np
 from modelstore import dtypes
 from modelstore.errors import InvalidInputError, NotFoundError
 
-from .base import Holder, ModelSource, ReadTensor, TensorSource, atomic_output, iter_exact, numel, validate_specs
+from .base import Checked, Holder, ModelSource, ReadTensor, TensorSource, atomic_output, format_writer, numel, read_into
 
 NEEDS_TORCH = "pip install torch (CPU build), or convert to .safetensors"
 STATE_DICT_KEYS = ("state_dict", "model_state_dict")
@@ -183,24 +182,17 @@ def read_torch(path: str | os.PathLike[str]) -> ModelSource:
     return ModelSource("torch", tensors, {}, path=where, closers=[holder.close])
 
 
-def write_torch(
-    path: str | os.PathLike[str],
-    specs: Iterable[Sequence[Any]],
-    read_tensor: ReadTensor,
-    metadata: dict[str, str] | None = None,  # noqa: ARG001 - a state dict cannot hold it
-) -> None:
-    where = os.fspath(path)
-    checked = validate_specs(specs, where)
+@format_writer
+def write_torch(where: str, checked: Checked, read_tensor: ReadTensor, metadata: dict[str, str] | None) -> None:
+    """Write a state dict with ``torch.save``: every tensor preallocated and filled in place
+    (``metadata`` ignored: a state dict has no place for it)."""
     torch = import_torch("writing .pt files")
     state: dict[str, Any] = {}
     for name, dt, shape in checked:
         t = torch.empty(shape, dtype=torch_dtype(torch, dt.name))
         flat = t.reshape(-1)
-        dst = (flat.view(getattr(torch, _RAW[dt.itemsize])) if flat.dtype != torch.bool else flat).numpy().view(np.uint8)
-        pos = 0
-        for chunk in iter_exact(read_tensor, name, numel(shape) * dt.itemsize):
-            dst[pos : pos + chunk.nbytes] = np.frombuffer(chunk, dtype=np.uint8)
-            pos += chunk.nbytes
+        read_into((flat.view(getattr(torch, _RAW[dt.itemsize])) if flat.dtype != torch.bool else flat).numpy(),
+                  read_tensor, name)
         state[name] = t
-    with atomic_output(path) as f:
+    with atomic_output(where) as f:
         torch.save(state, f)
