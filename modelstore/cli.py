@@ -218,22 +218,20 @@ def _looks_like_ref_in_store(ref: str) -> bool:
 
 
 def _show_file(path: Path) -> dict:
-    import math
-
     from modelstore.formats import open_model
 
     with open_model(path) as src:
         tensors = [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "bytes": t.nbytes} for t in src.tensors]
-        fmt, metadata = src.format, dict(src.metadata)
+        fmt, metadata, params = src.format, dict(src.metadata), src.params_of()
     return {"path": str(path), "format": fmt, "metadata": metadata, "tensors": tensors,
-            "size": sum(t["bytes"] for t in tensors), "params": sum(math.prod(t["shape"]) for t in tensors)}
+            "size": sum(t["bytes"] for t in tensors), "params": params}
 
 
 @app.command()
 def checkout(
     ref: Annotated[str, typer.Argument(help="REF of the version to write out.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output file (.safetensors, .npz, .pt).")],
-    fmt: Annotated[Optional[str], typer.Option("--format", help="safetensors | npz | pt (default: from the suffix).")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output file (.safetensors, .npz, .pt, .onnx, .gguf, .h5, .keras).")],
+    fmt: Annotated[Optional[str], typer.Option("--format", help="safetensors | npz | pt | onnx | gguf | h5 | keras (default: from the suffix).")] = None,
 ):
     """Write a version to a model file, bit-exact."""
     with _open() as s:
