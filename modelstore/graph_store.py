@@ -80,6 +80,49 @@ def _write_blob(path: Path, raw: bytes) -> None:
             os.close(fd)
 
 
+MAX_BLOB = 256 << 20  # largest graph or proto blob a store accepts from elsewhere
+
+
+def put_received(store, gid: str, graph_z: bytes, proto_z: bytes | None = None) -> None:
+    """Store graph `gid` received from another store as its zlib-compressed blobs (what
+    blob_path holds): verified against `gid` (and the proto against the hash the graph
+    names) before anything is written; durable when it returns, proto first. Idempotent."""
+    if not isinstance(gid, str) or not _ID.match(gid):
+        raise InvalidInputError(f"graph id {str(gid)[:40]!r} is not 32 hex digits")
+    raw = _inflate(graph_z, gid, "graph")
+    if hashing.hexdigest(raw) != gid:
+        raise IntegrityError(f"graph {gid}: received blob does not hash to its id: refused")
+    import json
+
+    try:
+        want = json.loads(raw).get(PROTO_KEY)
+    except (ValueError, AttributeError):
+        raise IntegrityError(f"graph {gid}: received blob is not a JSON object") from None
+    proto = None
+    if want is not None:
+        if proto_z is None:
+            if not blob_path(store, gid, PROTO_SUFFIX).exists():
+                raise IntegrityError(f"graph {gid} names an ONNX proto that was not sent")
+        else:
+            proto = _inflate(proto_z, gid, "ONNX proto")
+            if hashing.hexdigest(proto) != want:
+                raise IntegrityError(f"graph {gid}: received ONNX proto does not hash to the id the graph names")
+    if proto is not None:
+        _write_blob(blob_path(store, gid, PROTO_SUFFIX), proto)
+    _write_blob(blob_path(store, gid), raw)
+
+
+def _inflate(data: bytes, gid: str, what: str) -> bytes:
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(data, MAX_BLOB)
+    except zlib.error:
+        raise IntegrityError(f"graph {gid}: received {what} blob does not decompress") from None
+    if d.unconsumed_tail or not d.eof:
+        raise IntegrityError(f"graph {gid}: received {what} blob is truncated or over {MAX_BLOB} bytes")
+    return out
+
+
 def _read_blob(store, gid: str, suffix: str) -> bytes:
     if not isinstance(gid, str) or not _ID.match(gid):
         raise FormatError(f"graph id {str(gid)[:40]!r} is not 32 hex digits")

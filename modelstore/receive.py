@@ -3,7 +3,8 @@
 Both the server (a push) and the client (a pull) run these. Order of writes is the commit's
 (docs/FORMAT.md §8): records appended to a pack and fsynced, then their index entries in one
 LMDB transaction — only then is a batch acknowledged, so a re-run never sends it again;
-then, per version, the manifest (LMDB) and its catalog rows in one SQLite transaction.
+then, per version, its graph blobs (verified, fsynced), the manifest (LMDB) and its
+catalog rows in one SQLite transaction.
 Every record is decoded and hashed before anything is written: one forged chunk refuses the
 whole batch. A delta record is accepted only when this store already holds its base.
 """
@@ -22,6 +23,12 @@ from modelstore.packs import NO_BASE, REC_HEADER, REC_MAGIC, PackWriter
 from modelstore.remote.wire import MAX_RECORD
 
 MAX_CHAIN = 32  # a received delta deeper than this on our side is stored plain
+# Opening a Store opens its LMDB DB handles in a write transaction (LMDB: mdb_dbi_open must
+# not run concurrently with other transactions that use it); a server thread opening its
+# Store while others committed received batches was seen to deadlock the process. The sync
+# paths open stores (server/sync.py) and write the index under this lock, until
+# chunkindex opens its handles once per environment.
+LMDB_GUARD = threading.Lock()
 
 
 class ForgedChunkError(IntegrityError):
@@ -34,6 +41,13 @@ class MissingChunksError(InvalidInputError):
     """A version was offered before all of its chunks arrived."""
 
     kind = "missing_chunks"
+    http_status = 409
+
+
+class MissingGraphError(InvalidInputError):
+    """A new version names a graph blob that was not sent and is not here."""
+
+    kind = "missing_graph"
     http_status = 409
 
 
@@ -57,37 +71,62 @@ class Receiver:
         self.entries: dict[bytes, Entry] = {}
         self.futures = []
         self.seen: set[bytes] = set()
-        self.buf = bytearray()
+        self.head = bytearray()  # bytes of a record header split across pieces
+        self.cur: tuple | None = None  # (header fields, payload pieces) of the record being received
+        self.need = 0  # payload bytes the current record still lacks
         self.records = self.duplicates = self.nbytes = 0
         self.closed = False
 
-    def feed(self, data) -> None:
-        """Take the next bytes of the batch (any split); parse and dispatch whole records."""
-        self.buf += data
-        pos, n, mv = 0, len(self.buf), memoryview(self.buf)
-        try:
-            while n - pos >= REC_HEADER.size:
-                magic, cid, enc, raw_len, slen, base = REC_HEADER.unpack_from(mv, pos)
+    def feed(self, data: bytes) -> None:
+        """Take the next bytes of the batch (any split; not changed afterwards); dispatch
+        each record once whole.
+
+        The caller's thread (the server's event loop) only slices: a record's pieces are
+        joined, verified and written in the pool, so receiving runs at the socket's speed."""
+        mv = memoryview(data).cast("B")
+        pos, n = 0, len(mv)
+        while pos < n:
+            if self.cur is None:
+                if self.head or n - pos < REC_HEADER.size:
+                    take = min(REC_HEADER.size - len(self.head), n - pos)
+                    self.head += mv[pos:pos + take]
+                    pos += take
+                    if len(self.head) < REC_HEADER.size:
+                        return
+                    fields = REC_HEADER.unpack(self.head)
+                    self.head.clear()
+                else:
+                    fields = REC_HEADER.unpack_from(mv, pos)
+                    pos += REC_HEADER.size
+                magic, cid, _enc, raw_len, slen, _base = fields
                 if magic != REC_MAGIC:
                     raise InvalidInputError("bad record magic in the chunk batch")
                 if slen > MAX_RECORD or raw_len > MAX_RECORD:
                     raise InvalidInputError(f"record {cid.hex()} claims more than {MAX_RECORD} bytes")
-                if n - pos < REC_HEADER.size + slen:
-                    break
-                payload = bytes(mv[pos + REC_HEADER.size:pos + REC_HEADER.size + slen])
-                pos += REC_HEADER.size + slen
-                self.records += 1
-                self.nbytes += slen
-                if cid in self.seen or self.store.index.get(cid) is not None:
-                    self.duplicates += 1
-                    continue
-                self.seen.add(cid)
-                self.futures.append(self.pool.submit(self._verify_and_append, cid, enc, raw_len, base, payload))
-        finally:
-            mv.release()
-            del self.buf[:pos]
+                self.cur, self.need = (fields, []), slen
+            take = min(self.need, n - pos)
+            if take:
+                self.cur[1].append(mv[pos:pos + take])
+                self.need -= take
+                pos += take
+            if not self.need:
+                fields, pieces = self.cur
+                self.cur = None
+                self._dispatch(fields, pieces)
 
-    def _verify_and_append(self, cid, enc, raw_len, base, payload) -> None:
+    def _dispatch(self, fields, pieces) -> None:
+        _magic, cid, enc, raw_len, slen, base = fields
+        self.records += 1
+        self.nbytes += slen
+        if cid in self.seen or self.store.index.get(cid) is not None:
+            self.duplicates += 1
+            return
+        self.seen.add(cid)
+        self.futures.append(self.pool.submit(self._verify_and_append, cid, enc, raw_len, base, pieces))
+
+    def _verify_and_append(self, cid, enc, raw_len, base, pieces) -> None:
+        payload = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        del pieces[:]
         enc, base, depth, payload = _verify(self.store, cid, enc, raw_len, base, payload)
         with self.append_lock:
             if self.closed:
@@ -99,14 +138,15 @@ class Receiver:
 
     def finish(self) -> dict:
         try:
-            if self.buf:
+            if self.head or self.cur is not None:
                 raise InvalidInputError("the chunk batch ends inside a record (truncated)")
             for f in self.futures:
                 f.result()
             if self.writer is not None:
                 self.writer.finish()
                 self.writer = None
-            self.store.index.add_entries(self.entries)
+            with LMDB_GUARD:
+                self.store.index.add_entries(self.entries)
         except BaseException:
             self.abort()
             raise
@@ -136,7 +176,7 @@ def ingest_records(store, body) -> dict:
     """Verify and store one whole batch of wire records: {"accepted", "duplicates", "bytes"}."""
     r = Receiver(store)
     try:
-        r.feed(body)
+        r.feed(body if isinstance(body, bytes) else bytes(body))
     except BaseException:
         r.abort()
         raise
@@ -187,30 +227,44 @@ def _verify(store, cid: bytes, enc: int, raw_len: int, base: bytes, payload) -> 
 
 
 def import_version(store, manifest_json: bytes | None, doc: dict, *, tag_updates=(), actor: str = "unknown",
-                   force: bool = False) -> dict:
+                   force: bool = False, graphs=None) -> dict:
     """Make a received version visible (or merge its annotations into the one already here).
 
-    With a manifest: checks it hashes to the claimed content id and that every chunk it
-    names is indexed, stores it, then writes the catalog rows in one transaction.
-    Returns {"ref", "created", "tags"} (tags: what moved).
+    Under the shared store lock (so `gc` cannot drop a chunk between the check and the
+    commit): the received graph blobs are verified and written durably; with a manifest,
+    it must hash to the claimed content id and every chunk it names must be indexed here
+    (else MissingChunksError: the sender negotiates and sends them again), and a new
+    version's graph must be here; then the manifest (LMDB), then the catalog rows in one
+    transaction. Returns {"ref", "created", "tags", "graph_missing"} (tags: what moved;
+    graph_missing: the version names a graph blob this store still lacks).
     """
     from modelstore import catalog_sync
+    from modelstore.remote import graph_blobs
 
     content_id = catalog_sync.check_doc(doc)
-    tensors = None
+    gid = graph_blobs.graph_id_of_doc(doc)
+    m = None
     if manifest_json is not None:
         m = Manifest.from_json(manifest_json)
         if m.content_id.hex() != content_id:
             raise InvalidInputError(f"manifest hashes to {m.content_id.hex()}, not to the claimed {content_id}")
-        with store_lock(store.layout.lock, exclusive=False):
-            have = store.index.get_many(m.chunk_ids())
-            missing = m.chunk_ids() - have.keys()
+    with store_lock(store.layout.lock, exclusive=False):
+        graph_blobs.receive(store, graphs)
+        tensors = None
+        if m is not None:
+            ids = m.chunk_ids()
+            missing = ids - store.index.get_many(ids).keys()
             if missing:
-                raise MissingChunksError(f"{len(missing)} chunks of {doc['model']}@{content_id[:12]} have not arrived;"
+                raise MissingChunksError(f"{len(missing)} chunks of {doc['model']}@{content_id[:12]} are not here;"
                                          " re-run the push or pull to send them")
-            store.index.commit_version({}, {}, m.content_id, m.to_json())
+            if not graph_blobs.has_graph(store, gid) and \
+                    catalog_sync.find_version(store.catalog, doc["model"], content_id) is None:
+                raise MissingGraphError(f"graph {gid} of {doc['model']}@{content_id[:12]} was not sent; re-run the "
+                                        "push or pull to send it")
+            with LMDB_GUARD:
+                store.index.commit_version({}, {}, m.content_id, m.to_json())
             tensors = [(e.name, e.dtype, str(list(e.shape)), e.nbytes) for e in m.tensors]
-            return catalog_sync.import_version(store.catalog, doc, tensors=tensors, tag_updates=tag_updates,
-                                               actor=actor, force=force)
-    return catalog_sync.import_version(store.catalog, doc, tensors=None, tag_updates=tag_updates, actor=actor,
-                                       force=force)
+        out = catalog_sync.import_version(store.catalog, doc, tensors=tensors, tag_updates=tag_updates,
+                                          actor=actor, force=force)
+        out["graph_missing"] = not graph_blobs.has_graph(store, gid)
+    return out

@@ -30,29 +30,49 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextmanager
-def serve(root, token=TOKEN, read_tokens=(READ_TOKEN,)):
-    port = _free_port()
+def _start(root, port, token=TOKEN, read_tokens=(READ_TOKEN,), env=None):
+    """A server process on 127.0.0.1:port, once it answers."""
     code = ("import uvicorn; from modelstore.server import create_app; "
             f"uvicorn.run(create_app({str(root)!r}, token={token!r}, read_tokens={tuple(read_tokens)!r}), "
             f"host='127.0.0.1', port={port}, log_level='warning')")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+                            stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(url + "/api/sync/state", timeout=1)
+            break
+        except urllib.error.HTTPError:
+            break
+        except OSError:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.1)
+    return proc, url
+
+
+@contextmanager
+def serve(root, token=TOKEN, read_tokens=(READ_TOKEN,)):
+    proc, url = _start(root, _free_port(), token, read_tokens)
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(url + "/api/sync/state", timeout=1)
-                break
-            except urllib.error.HTTPError:
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read().decode()
-                time.sleep(0.1)
         yield url
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def _wait_line(stream, text: str, timeout: float = 60) -> str:
+    """Read lines from a subprocess pipe until one contains `text` (fails after `timeout`)."""
+    import select
+
+    deadline, seen = time.monotonic() + timeout, []
+    while time.monotonic() < deadline:
+        if select.select([stream], [], [], 0.5)[0]:
+            line = stream.readline().decode()
+            assert line, f"stream ended before {text!r}: {seen}"
+            seen.append(line)
+            if text in line:
+                return line
+    raise AssertionError(f"no {text!r} within {timeout} s: {seen}")
 
 
 def _post(url, path, body: bytes, token=TOKEN, ctype="application/octet-stream"):
@@ -208,6 +228,86 @@ def test_sigkill_mid_push_then_resume_sends_only_the_rest(tmp_path, sd):
             assert s.fsck()["ok"]
 
 
+def test_server_sigkilled_mid_batch_then_restarted_push_resumes(tmp_path, sd):
+    """SIGKILL the server while a batch is received but not yet durable (3 acknowledged
+    before it); restart it on the same store; the re-run sends only what was not acknowledged."""
+    a_dir, srv_dir = tmp_path / "a", tmp_path / "srv"
+    Store.init(srv_dir).close()
+    with Store.init(a_dir, chunk_target_bytes=32 << 10) as a:
+        a.commit(sd, model="m")
+        total = len(a.manifest("m").chunk_ids())
+    env = {"MODELSTORE_TOKEN": TOKEN, "MODELSTORE_SYNC_BATCH_BYTES": str(256 << 10), "MODELSTORE_SYNC_WORKERS": "1"}
+    port = _free_port()
+    server, url = _start(srv_dir, port, env={"MODELSTORE_SYNC_SERVER_PAUSE_AFTER": "3"})
+    try:
+        run_cli("remote", "add", "origin", url, store=a_dir, check=0)
+        client = subprocess.Popen([sys.executable, "-m", "modelstore", "--store", str(a_dir), "push", "origin"],
+                                  env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE)
+        _wait_line(server.stderr, "paused after 3 batches")
+        server.send_signal(signal.SIGKILL)
+        server.wait()
+        err = client.communicate(timeout=60)[1].decode()
+        assert client.returncode == 1 and "cannot reach" in err and "Traceback" not in err, err
+    finally:
+        server.kill()
+        server.wait()
+    with Store.open(srv_dir) as s:  # 3 batches durable; the 4th's appended bytes are not indexed
+        accepted = s.index.count()
+        assert 0 < accepted < total
+        assert s.models() == [] and s.fsck()["ok"], s.fsck()["problems"]
+    server, _ = _start(srv_dir, port)  # same URL, same store
+    try:
+        done = _json(run_cli("push", "origin", "--json", store=a_dir, env=env))
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert done["chunks_sent"] == total - accepted and done["chunks_skipped"] == accepted
+    assert [v["remote_ref"] for v in done["versions_sent"]] == ["m@1"]
+    with Store.open(srv_dir) as s:
+        _same(s, "m@1", sd)
+        assert s.fsck()["ok"]
+
+
+def test_gc_on_server_mid_push_drops_accepted_chunks_and_push_resends_them(tmp_path, sd):
+    """Chunks accepted but not yet named by a version are garbage to a server-side gc; the
+    version import re-checks them (409 missing_chunks) and the client sends them again."""
+    from modelstore.catalog_sync import export_version
+    from modelstore.remote import remotes, sync
+    from modelstore.remote.client import RemoteError
+    from modelstore.remote.transfer import Stats, push_chunks
+
+    a_dir, srv_dir = tmp_path / "a", tmp_path / "srv"
+    Store.init(srv_dir).close()
+    with Store.init(a_dir) as a:
+        info = a.commit(sd, model="m")
+    with serve(srv_dir) as url, Store.open(a_dir) as a:
+        remotes.add(a.root, "origin", url, TOKEN)
+        client = sync.connect(a, "origin")
+        m = a.manifest("m@1")
+        body = {"version": export_version(a.catalog, info.id), "manifest": m.to_json().decode(), "tags": []}
+        rounds = []
+
+        def move():
+            st = push_chunks(a, client, m)
+            rounds.append(st.chunks)
+            if len(rounds) == 1:  # a gc on the server between the chunks and the version
+                with Store.open(srv_dir) as s:
+                    assert s.gc()["chunks_removed"] == st.chunks
+                with pytest.raises(RemoteError, match="not here") as exc:
+                    client.post_json("/api/sync/versions", body)
+                assert exc.value.kind == "missing_chunks" and exc.value.http_status == 409
+            return st
+
+        total = Stats()
+        out = sync._with_chunks(move, lambda: client.post_json("/api/sync/versions", body), total)
+        assert out["created"] and rounds == [len(m.chunk_ids())] * 2
+        assert total.chunks == 2 * len(m.chunk_ids()) and total.chunks_skipped == 0
+    with Store.open(srv_dir) as s:
+        _same(s, "m@1", sd)
+        assert s.fsck()["ok"]
+
+
 def test_forged_chunk_refused_and_nothing_committed(tmp_path, sd):
     srv_dir = tmp_path / "srv"
     Store.init(srv_dir).close()
@@ -317,3 +417,141 @@ def test_tag_moved_on_both_sides_refused_unless_force(tmp_path, sd):
         _sync("pull", b_dir, "origin")
         with Store.open(b_dir) as b:
             assert b.resolve("m@production").number == 2
+
+
+def _onnx_mlp(insert=False, act="Relu"):
+    """fc1 -> relu -> [mid -> relu] -> fc2, made with onnx.helper (weights seeded)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    def w(name, shape, seed):
+        return numpy_helper.from_array(np.random.default_rng(seed).standard_normal(shape).astype(np.float32), name)
+
+    nodes = [helper.make_node("Gemm", ["x", "fc1.weight", "fc1.bias"], ["h1"], name="fc1", transB=1),
+             helper.make_node(act, ["h1"], ["a1"], name="act1")]
+    inits = [w("fc1.weight", (32, 16), 1), w("fc1.bias", (32,), 2), w("fc2.weight", (4, 32), 3), w("fc2.bias", (4,), 4)]
+    last = "a1"
+    if insert:
+        nodes += [helper.make_node("Gemm", ["a1", "mid.weight", "mid.bias"], ["hm"], name="mid", transB=1),
+                  helper.make_node("Relu", ["hm"], ["am"], name="act_mid")]
+        inits += [w("mid.weight", (32, 32), 5), w("mid.bias", (32,), 6)]
+        last = "am"
+    nodes.append(helper.make_node("Gemm", [last, "fc2.weight", "fc2.bias"], ["y"], name="fc2", transB=1))
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _graph_diff_added(store):
+    d = store.diff("mlp@1", "mlp@2", graph=True)
+    return sorted(n["name"] for n in d.graph["added"])
+
+
+def test_graph_blobs_travel_with_push_clone_pull(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from modelstore import graph_store
+    from modelstore.remote import sync
+
+    pa, pb = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(_onnx_mlp(), str(pa))
+    onnx.save(_onnx_mlp(insert=True), str(pb))
+    a_dir, srv_dir, c_dir = tmp_path / "a", tmp_path / "srv", tmp_path / "c"
+    Store.init(srv_dir).close()
+    with Store.init(a_dir) as a:
+        v1 = a.commit(pa, model="mlp")
+        if "graph" not in v1.meta:
+            pytest.skip("the ONNX reader does not store graphs")
+        gid1 = v1.meta["graph"]
+        gid2 = a.commit(pb, model="mlp").meta["graph"]
+        assert _graph_diff_added(a) == ["act_mid", "mid"]
+    env = {"MODELSTORE_TOKEN": TOKEN}
+    with serve(srv_dir) as url:
+        with Store.open(a_dir) as a:
+            from modelstore.remote import remotes
+
+            remotes.add(a.root, "origin", url)
+        assert len(_sync("push", a_dir, "origin", env=env)["versions_sent"]) == 2
+        with Store.open(srv_dir) as s:
+            assert s.fsck()["ok"], s.fsck()["problems"]
+            assert _graph_diff_added(s) == ["act_mid", "mid"]
+            assert graph_store.onnx_proto_of_version(s, s.resolve("mlp@1")) is not None
+        sync.clone(url, c_dir)
+        with Store.open(c_dir) as c:
+            assert c.fsck()["ok"], c.fsck()["problems"]
+            assert _graph_diff_added(c) == ["act_mid", "mid"]
+            assert {c.resolve("mlp@1").meta["graph"], c.resolve("mlp@2").meta["graph"]} == {gid1, gid2}
+            c.comment("mlp@2", "graph ok", author="bob")
+        _sync("push", c_dir, "origin", env=env)
+
+        # A store that lost a blob (a version pushed before graphs travelled) gets it back on
+        # pull; a server that lost one gets it back on push.
+        with Store.open(a_dir) as a:
+            graph_store.blob_path(a, gid2).unlink()
+            assert not a.fsck()["ok"]
+        got = _sync("pull", a_dir, "origin")
+        assert got["versions_merged"] == 2 and got["chunks_received"] == 0
+        with Store.open(a_dir) as a:
+            assert a.fsck()["ok"] and _graph_diff_added(a) == ["act_mid", "mid"]
+            assert [x["text"] for x in a.resolve("mlp@2").comments] == ["graph ok"]
+        with Store.open(srv_dir) as s:
+            graph_store.blob_path(s, gid1).unlink()
+        _sync("push", a_dir, "origin", env=env)
+        with Store.open(srv_dir) as s:
+            assert s.fsck()["ok"], s.fsck()["problems"]
+
+        # A forged graph blob is refused with nothing stored; a new version whose graph was
+        # not sent is refused (409) and stays invisible.
+        import base64
+        import zlib
+
+        from modelstore.catalog_sync import export_version
+        from modelstore.remote import graph_blobs
+        from modelstore.remote.client import Client
+        from modelstore.remote.transfer import push_chunks
+
+        pc = tmp_path / "c.onnx"
+        onnx.save(_onnx_mlp(act="Tanh"), str(pc))
+        with Store.open(a_dir) as a:
+            v3 = a.commit(pc, model="other")
+            gid3 = v3.meta["graph"]
+            push_body = {"version": export_version(a.catalog, v3.id), "manifest": a.manifest("other@1").to_json().decode()}
+            push_chunks(a, Client(url, TOKEN), a.manifest("other@1"))
+            real = graph_blobs.export(a, gid3)
+        forged = [{**real[0], "graph": base64.b64encode(zlib.compress(b'{"nodes": []}')).decode()}]
+        for graphs, status_kind in ((forged, (400, "integrity")), (None, (409, "missing_graph"))):
+            status, body = _post(url, "/api/sync/versions", json.dumps({**push_body, "graphs": graphs}).encode(),
+                                 ctype="application/json")
+            assert (status, json.loads(body)["error"]["kind"]) == status_kind, body
+            with Store.open(srv_dir) as s:
+                assert "other" not in [m for m, _ in s.models()] and not graph_store.blob_path(s, gid3).exists()
+        status, body = _post(url, "/api/sync/versions", json.dumps({**push_body, "graphs": real}).encode(),
+                             ctype="application/json")
+        assert status == 201, body
+    with Store.open(srv_dir) as s:
+        assert s.fsck()["ok"] and s.resolve("other@1").meta["graph"] == gid3
+
+
+def test_record_segments_send_pack_bytes_equal_to_the_re_encoded_records(tmp_path, sd):
+    """Records that travel as stored go as pack-file ranges (sendfile); their bytes equal the
+    records read and framed one by one, for plain records, deltas whose base the receiver
+    holds, and deltas re-encoded plain because it lacks the base."""
+    from modelstore.remote.wire import FileRange, read_records, record_segments
+
+    with Store.init(tmp_path / "a", chunk_target_bytes=64 << 10) as a:
+        a.commit(sd, model="m")
+        a.commit(finetune(sd, [1]), model="m")
+        m = a.manifest("m@2")
+        ids = list(dict.fromkeys(c for t in m.tensors for c in t.chunks))
+        dtype_of = {c: t.dtype for t in m.tensors for c in t.chunks}
+        for has_bases in (True, False):
+            def receiver_has(base, has=has_bases):
+                return has
+
+            segments, length = record_segments(a, ids, receiver_has, dtype_of)
+            got = b"".join(s.path.read_bytes()[s.offset:s.offset + s.count] if isinstance(s, FileRange)
+                           else bytes(s) for s in segments)
+            in_pack_order = sorted(ids, key=lambda c: (a.index.get(c).pack, a.index.get(c).offset))
+            parts, _ = read_records(a, in_pack_order, receiver_has, dtype_of)
+            assert got == b"".join(bytes(p) for p in parts) and len(got) == length
+            ranges = sum(isinstance(s, FileRange) for s in segments)
+            assert ranges < (len(ids) / 4 if has_bases else len(ids)), ranges  # adjacent records merge

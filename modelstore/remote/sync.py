@@ -5,17 +5,20 @@ ancestors (so lineage is whole on both sides), ancestors first; one already on t
 side is not sent again, only its annotations are merged. Tags: each remote remembers what
 its tags pointed at after the last push/pull (remotes.tracked_tags); a tag that moved on
 one side since then follows that side, one that moved on both is refused unless `force`.
+A version's graph blob travels in its document (graph_blobs.py).
 """
 
 from __future__ import annotations
 
 import time
+from functools import partial
 
 from modelstore import catalog_sync
 from modelstore.catalog_sync import TagConflictError
-from modelstore.remote import remotes
+from modelstore.receive import MissingChunksError
+from modelstore.remote import graph_blobs, remotes
 from modelstore.remote.client import Client, RemoteError, current_user
-from modelstore.remote.transfer import pull_chunks, push_chunks
+from modelstore.remote.transfer import Stats, pull_chunks, push_chunks
 
 
 def connect(store, name: str) -> Client:
@@ -98,19 +101,24 @@ def push(store, name: str, target: str | None = None, *, force: bool = False, pr
     plan = _plan_tags(mine_tags, _tags(theirs), remotes.tracked_tags(store.root, name), keys, force, "here", name,
                       f"re-run with --force to overwrite {name}'s tag, or `modelstore pull {name} --force` to take it")
     sent, merged, tags_moved = [], 0, []
-    chunks = nbytes = skipped = bskipped = 0
+    total = Stats()
     for v in local["versions"]:
         key = (v["model"], v["content_id"])
         vid = catalog_sync.find_version(store.catalog, *key)
         doc = catalog_sync.export_version(store.catalog, vid)
+        gid = graph_blobs.graph_id_of_doc(doc)
         body = {"version": doc, "manifest": None, "tags": _tag_updates(plan, *key, mine_tags)}
         if key not in there:
             m = store.manifest(doc["content_id"])
-            st = push_chunks(store, client, m, progress=progress and progress(f"{v['model']}@{v['number']}"))
-            chunks, nbytes = chunks + st.chunks, nbytes + st.bytes
-            skipped, bskipped = skipped + st.chunks_skipped, bskipped + st.bytes_skipped
             body["manifest"] = m.to_json().decode()
-        out = client.post_json("/api/sync/versions", body)
+            body["graphs"] = graph_blobs.export(store, gid)
+            bar = progress and progress(f"{v['model']}@{v['number']}")
+            out = _with_chunks(partial(push_chunks, store, client, m, progress=bar),
+                               partial(client.post_json, "/api/sync/versions", body), total)
+        else:
+            out = client.post_json("/api/sync/versions", body)
+            if out.get("graph_missing") and graph_blobs.has_graph(store, gid):  # heal a remote lacking it
+                out = client.post_json("/api/sync/versions", {**body, "graphs": graph_blobs.export(store, gid)})
         if out["created"]:
             sent.append({"ref": f"{v['model']}@{v['number']}", "remote_ref": out["ref"]})
         else:
@@ -118,8 +126,27 @@ def push(store, name: str, target: str | None = None, *, force: bool = False, pr
         tags_moved += [f"{v['model']}@{t}" for t in out["tags"]]
     after = _remote_state(client, models={v["model"] for v in local["versions"]})
     _track(store, name, after, mine_tags)
-    return _summary(name, client, t0, versions_sent=sent, versions_merged=merged, chunks_sent=chunks,
-                    bytes_sent=nbytes, chunks_skipped=skipped, bytes_skipped=bskipped, tags_moved=tags_moved)
+    return _summary(name, client, t0, versions_sent=sent, versions_merged=merged, chunks_sent=total.chunks,
+                    bytes_sent=total.bytes, chunks_skipped=total.chunks_skipped, bytes_skipped=total.bytes_skipped,
+                    tags_moved=tags_moved)
+
+
+def _with_chunks(move, commit, total: Stats, attempts: int = 3):
+    """Move a version's chunks, then commit it; when the commit finds chunks missing (a `gc`
+    on the receiving side dropped accepted chunks no version named yet), negotiate and move
+    them again. Adds what travelled to `total`; returns the commit's answer."""
+    for attempt in range(attempts):
+        st = move()
+        total.chunks += st.chunks
+        total.bytes += st.bytes
+        if attempt == 0:  # later rounds re-send what was dropped: already counted as skipped
+            total.chunks_skipped += st.chunks_skipped
+            total.bytes_skipped += st.bytes_skipped
+        try:
+            return commit()
+        except (RemoteError, MissingChunksError) as exc:
+            if exc.kind != MissingChunksError.kind or attempt == attempts - 1:
+                raise
 
 
 def _track(store, name: str, remote_state: dict, local_tags: dict) -> None:
@@ -143,6 +170,7 @@ def _local_tags(store, models) -> dict:
 
 def pull(store, name: str, target: str | None = None, *, force: bool = False, progress=None) -> dict:
     """Fetch the remote's versions (a model's, a REF and its ancestors, or all) this store lacks."""
+    from modelstore.manifest import Manifest
     from modelstore.receive import import_version
 
     t0 = time.perf_counter()
@@ -157,32 +185,35 @@ def pull(store, name: str, target: str | None = None, *, force: bool = False, pr
     plan = _plan_tags(their_tags, mine_tags, remotes.tracked_tags(store.root, name), keys, force, name, "here",
                       f"re-run with --force to take {name}'s tag, or `modelstore push {name} --force` to overwrite it there")
     got, merged, tags_moved = [], 0, []
-    chunks = nbytes = skipped = bskipped = 0
+    total = Stats()
     actor = current_user()
     for v in theirs["versions"]:
         key = (v["model"], v["content_id"])
-        doc = client.get_json(f"/api/sync/versions/{v['content_id']}", model=v["model"])
+        here = catalog_sync.find_version(store.catalog, *key) is not None
+        path = f"/api/sync/versions/{v['content_id']}"
+        doc = client.get_json(path, model=v["model"], graphs=None if here else 1)
+        if here and not graph_blobs.has_graph(store, graph_blobs.graph_id_of_doc(doc["version"])):
+            doc = client.get_json(path, model=v["model"], graphs=1)  # heal a local store lacking it
         updates = _tag_updates(plan, *key, their_tags)
-        if catalog_sync.find_version(store.catalog, *key) is None:
+        if not here:
             manifest_json = doc["manifest"].encode()
-            from modelstore.manifest import Manifest
-
             m = Manifest.from_json(manifest_json)
-            st = pull_chunks(store, client, v["model"], v["content_id"], m,
-                             progress=progress and progress(f"{v['model']}@{v['number']}"))
-            chunks, nbytes = chunks + st.chunks, nbytes + st.bytes
-            skipped, bskipped = skipped + st.chunks_skipped, bskipped + st.bytes_skipped
-            out = import_version(store, manifest_json, doc["version"], tag_updates=updates, actor=actor)
+            bar = progress and progress(f"{v['model']}@{v['number']}")
+            out = _with_chunks(partial(pull_chunks, store, client, v["model"], v["content_id"], m, progress=bar),
+                               partial(import_version, store, manifest_json, doc["version"], tag_updates=updates,
+                                       actor=actor, graphs=doc.get("graphs")), total)
         else:
-            out = import_version(store, None, doc["version"], tag_updates=updates, actor=actor)
+            out = import_version(store, None, doc["version"], tag_updates=updates, actor=actor,
+                                 graphs=doc.get("graphs"))
         if out["created"]:
             got.append({"ref": out["ref"], "remote_ref": f"{v['model']}@{v['number']}"})
         else:
             merged += 1
         tags_moved += [f"{v['model']}@{t}" for t in out["tags"]]
     _track(store, name, theirs, _local_tags(store, models))
-    return _summary(name, client, t0, versions_received=got, versions_merged=merged, chunks_received=chunks,
-                    bytes_received=nbytes, chunks_skipped=skipped, bytes_skipped=bskipped, tags_moved=tags_moved)
+    return _summary(name, client, t0, versions_received=got, versions_merged=merged, chunks_received=total.chunks,
+                    bytes_received=total.bytes, chunks_skipped=total.chunks_skipped,
+                    bytes_skipped=total.bytes_skipped, tags_moved=tags_moved)
 
 
 def _looks_like_cid(text: str) -> bool:

@@ -1,10 +1,11 @@
 """Move the chunks of one version between stores: negotiate, then parallel batches.
 
 Push: send the version's chunk ids (plus the delta bases of our records) to the server,
-which answers the ids it lacks; only those travel, in batches of about BATCH_BYTES, WORKERS
-requests at a time. Pull is the mirror: we compute what we lack, ask the server for those
-records' sizes and bases, and fetch them in batches; each batch is verified and made
-durable here (receive.Receiver) as it arrives. Either way a killed transfer resumes
+which answers the ids it lacks; only those travel, in even batches of at most about
+BATCH_BYTES, WORKERS requests at a time, straight from our pack files
+(wire.record_segments). Pull is the mirror: we compute what we lack, ask the server for
+those records' sizes and bases, and fetch them in batches; each batch is verified and
+made durable here (receive.Receiver) as it arrives. Either way a killed transfer resumes
 by negotiating again: accepted batches are never sent twice.
 """
 
@@ -17,8 +18,15 @@ import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 from modelstore import codecs
+from modelstore.locking import store_lock
 from modelstore.packs import NO_BASE, REC_HEADER
-from modelstore.remote.wire import BASE_INFO, COUNT, pack_ids, read_records, unpack_ids
+from modelstore.remote.wire import (
+    BASE_INFO,
+    COUNT,
+    pack_ids,
+    record_segments,
+    unpack_ids,
+)
 
 BATCH_BYTES = int(os.environ.get("MODELSTORE_SYNC_BATCH_BYTES", str(64 << 20)))
 WORKERS = int(os.environ.get("MODELSTORE_SYNC_WORKERS", "3"))
@@ -46,14 +54,21 @@ class Stats:
 
 
 def _batches(ids: list[bytes], size_of) -> list[list[bytes]]:
-    out, cur, n = [], [], 0
-    for cid in ids:
-        s = size_of(cid)
-        if cur and n + s > BATCH_BYTES:
-            out.append(cur)
-            cur, n = [], 0
+    """Cut `ids` into batches of at most about BATCH_BYTES, their number a multiple of
+    WORKERS and their sizes even, so the parallel requests finish together (no last round
+    with one small batch in flight)."""
+    sizes = [size_of(c) for c in ids]
+    total = sum(sizes)
+    n = max(1, -(-total // BATCH_BYTES))
+    n = -(-n // max(1, WORKERS)) * max(1, WORKERS) if n > 1 else n
+    n = min(n, len(ids)) or 1
+    out, cur, acc, k = [], [], 0, 1
+    for cid, s in zip(ids, sizes):
         cur.append(cid)
-        n += s
+        acc += s
+        if k < n and acc * n >= k * total:
+            out.append(cur)
+            cur, k = [], k + 1
     if cur:
         out.append(cur)
     return out
@@ -93,7 +108,8 @@ def push_chunks(store, client, manifest, progress=None) -> Stats:
     for start in range(0, len(ask), NEGOTIATE_IDS):
         missing |= set(unpack_ids(client.request("POST", "/api/sync/missing",
                                                  body=pack_ids(ask[start:start + NEGOTIATE_IDS]))))
-    send = [c for c in ids if c in missing]
+    # In pack order: runs of adjacent records go out as one file range, read sequentially.
+    send = sorted((c for c in ids if c in missing), key=lambda c: (entries[c].pack, entries[c].offset))
     for c in ids:
         if c not in missing:
             stats.chunks_skipped += 1
@@ -104,9 +120,10 @@ def push_chunks(store, client, manifest, progress=None) -> Stats:
         progress.start(sum(size_of(c) for c in send))
 
     def job(batch):
-        parts, payload = read_records(store, batch, server_has, dtype_of)
-        length = payload + REC_HEADER.size * len(batch)
-        client.request("POST", "/api/sync/chunks", body=parts, length=length)
+        # Shared store lock: a local `gc` must not rewrite the packs these ranges point into.
+        with store_lock(store.layout.lock, exclusive=False):
+            segments, length = record_segments(store, batch, server_has, dtype_of)
+            client.request("POST", "/api/sync/chunks", body=segments, length=length)
         if progress:
             progress.advance(length)
         return len(batch), length

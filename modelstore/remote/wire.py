@@ -9,12 +9,15 @@ receiver never needs a base it lacks.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterable
+from pathlib import Path
+from typing import NamedTuple
 
 from modelstore import codecs, dtypes
 from modelstore.errors import InvalidInputError
-from modelstore.packs import NO_BASE, REC_HEADER, REC_MAGIC
+from modelstore.packs import NO_BASE, REC_HEADER, REC_MAGIC, pack_path
 
 ID = 16
 # What /api/sync/bases answers per chunk: id, base id (zeros if plain), stored_len, raw_len.
@@ -69,6 +72,58 @@ def read_records(store, ids: Iterable[bytes], receiver_has, dtype_of: dict[bytes
         parts.extend(bufs)
         total += n
     return parts, total
+
+
+class FileRange(NamedTuple):
+    """Bytes [offset, offset + count) of a pack file, sent as they are (os.sendfile)."""
+
+    path: Path
+    offset: int
+    count: int
+
+
+def record_segments(store, ids: Iterable[bytes], receiver_has, dtype_of: dict[bytes, str]) -> tuple[list, int]:
+    """Wire form of many chunks, in pack order, as segments to send back to back:
+    (segments, total bytes).
+
+    A record that travels as stored is its pack bytes (header and payload) unchanged, so a
+    run of them adjacent in a pack is one FileRange the socket sends without the bytes
+    passing through Python; the stored header is checked against the index first. Other
+    records (a delta whose base the receiver lacks) are re-encoded as in read_record."""
+    from modelstore.chunkindex import check_entry
+
+    ids = list(ids)
+    entries = store.index.get_many(ids)
+    ids = sorted(ids, key=lambda c: (entries[c].pack, entries[c].offset) if c in entries else (-1, 0))
+    segments: list = []
+    total = 0
+    fds: dict[int, int] = {}
+    try:
+        for cid in ids:
+            e = check_entry(cid, entries.get(cid))
+            delta = e.encoding in codecs.DELTA_ENCODINGS
+            size = REC_HEADER.size + e.stored_len
+            if not delta or receiver_has(e.base):
+                fd = fds.get(e.pack)
+                if fd is None:
+                    fd = fds[e.pack] = os.open(pack_path(store.layout.packs, e.pack), os.O_RDONLY)
+                want = record_header(cid, e.encoding, e.raw_len, e.stored_len, e.base if delta else NO_BASE)
+                if os.pread(fd, REC_HEADER.size, e.offset) == want:
+                    last = segments[-1] if segments else None
+                    if isinstance(last, FileRange) and last.path == pack_path(store.layout.packs, e.pack) \
+                            and last.offset + last.count == e.offset:
+                        segments[-1] = last._replace(count=last.count + size)
+                    else:
+                        segments.append(FileRange(pack_path(store.layout.packs, e.pack), e.offset, size))
+                    total += size
+                    continue
+            bufs, n = read_record(store, cid, receiver_has, dtype_of)  # re-encoded (or checked and refused)
+            segments.extend(bufs)
+            total += REC_HEADER.size + n
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return segments, total
 
 
 def iter_wire_records(body):

@@ -9,7 +9,10 @@ Every push endpoint needs a write token, so a push without one stores nothing.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import sys
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -20,6 +23,11 @@ from modelstore.server import deps
 
 router = APIRouter(prefix="/api/sync", tags=["sync"])
 BINARY = "application/octet-stream"
+# Test hook: once this many chunk batches were acknowledged, the next one is received (its
+# records verified and appended) but hangs before it is made durable, so a test can SIGKILL
+# the server mid-batch.
+PAUSE_ENV = "MODELSTORE_SYNC_SERVER_PAUSE_AFTER"
+_acked = [0]  # batches this process acknowledged (changed on the event loop only)
 
 
 async def _body(request: Request, limit: int) -> bytes:
@@ -37,7 +45,10 @@ async def _body(request: Request, limit: int) -> bytes:
 
 
 def _store(request: Request):
-    return request.app.state.stores.get()
+    from modelstore.receive import LMDB_GUARD
+
+    with LMDB_GUARD:  # opening a Store writes to LMDB (see receive.LMDB_GUARD)
+        return request.app.state.stores.get()
 
 
 @router.get("/state", dependencies=[Depends(deps.can_read)])
@@ -81,17 +92,29 @@ async def sync_chunks(request: Request):
             if n > MAX_BATCH_BYTES:
                 raise InvalidInputError(f"a chunk batch is at most {MAX_BATCH_BYTES} bytes")
             receiver.feed(piece)
+        await _maybe_pause()
     except BaseException:
         await run_in_threadpool(receiver.abort)
         raise
-    return await run_in_threadpool(receiver.finish)
+    out = await run_in_threadpool(receiver.finish)
+    _acked[0] += 1
+    return out
+
+
+async def _maybe_pause() -> None:
+    pause = int(os.environ.get(PAUSE_ENV, "0") or 0)
+    if pause and _acked[0] >= pause:
+        sys.stderr.write(f"sync server: paused after {pause} batches\n")
+        sys.stderr.flush()
+        await asyncio.sleep(3600)
 
 
 @router.post("/versions", dependencies=[Depends(deps.can_write)], status_code=200)
 async def sync_import(request: Request):
     """Body: {"version": doc, "manifest": canonical manifest JSON text or null, "tags":
-    [{tag, expect}], "force": bool}. Creates the version (with its manifest) or merges the
-    annotations of the one already here, in one transaction."""
+    [{tag, expect}], "force": bool, "graphs": [{id, graph, proto}]}. Creates the version
+    (graph blobs, then manifest, then catalog rows in one transaction) or merges the
+    annotations of the one already here."""
     from modelstore.receive import import_version
 
     try:
@@ -109,14 +132,16 @@ async def sync_import(request: Request):
     actor = deps.author(request) or "unknown"
     out = await run_in_threadpool(lambda: import_version(
         _store(request), manifest.encode() if manifest is not None else None, doc["version"], tag_updates=tags,
-        actor=actor, force=bool(doc.get("force"))))
+        actor=actor, force=bool(doc.get("force")), graphs=doc.get("graphs")))
     return JSONResponse(out, status_code=201 if out["created"] else 200)
 
 
 @router.get("/versions/{content_id}", dependencies=[Depends(deps.can_read)])
-def sync_export(request: Request, content_id: str, model: str):
-    """The catalog document and manifest of (model, content id)."""
+def sync_export(request: Request, content_id: str, model: str, graphs: bool = False):
+    """The catalog document and manifest of (model, content id); with `graphs`, also the
+    graph blob the version names (remote/graph_blobs.py)."""
     from modelstore.catalog_sync import export_version, find_version
+    from modelstore.remote import graph_blobs
 
     s = _store(request)
     vid = find_version(s.catalog, model, content_id.lower())
@@ -126,7 +151,10 @@ def sync_export(request: Request, content_id: str, model: str):
     raw = s.index.get_manifest_bytes(bytes.fromhex(doc["content_id"]))
     if raw is None:
         raise NotFoundError(f"manifest {doc['content_id']} is missing on the server (run `modelstore fsck` there)")
-    return {"version": doc, "manifest": raw.decode()}
+    out = {"version": doc, "manifest": raw.decode()}
+    if graphs:
+        out["graphs"] = graph_blobs.export(s, graph_blobs.graph_id_of_doc(doc))
+    return out
 
 
 @router.post("/bases", dependencies=[Depends(deps.can_read)])
