@@ -56,19 +56,28 @@ _ENVS_LOCK = threading.Lock()
 
 
 def _acquire_env(path: Path, readonly: bool):
+    """(env, {name: db handle}) shared by every ChunkIndex of this process on `path`.
+
+    The named databases are opened once, with the environment: opening one takes LMDB's
+    write lock, and doing it per Store while another thread commits could stall a server."""
     key = os.path.realpath(path)
     with _ENVS_LOCK:
         hit = _ENVS.get(key)
         if hit is not None:
             hit[1] += 1
-            return hit[0]
+            return hit[0], hit[2]
         try:
             env = lmdb.open(key, map_size=_MAP_SIZE, max_dbs=8, subdir=True, readonly=readonly,
                             readahead=False, create=not readonly, lock=True)
+            with env.begin(write=not readonly) as txn:
+                dbs = {name: env.open_db(name.encode(), txn=txn, create=not readonly)
+                       for name in ("chunks", "stats", "manifests")}
         except lmdb.Error as exc:
+            if "env" in locals():
+                env.close()
             raise FormatError(f"cannot open chunk index at {path}: {exc}") from None
-        _ENVS[key] = [env, 1]
-        return env
+        _ENVS[key] = [env, 1, dbs]
+        return env, dbs
 
 
 def _release_env(env) -> None:
@@ -85,16 +94,8 @@ def _release_env(env) -> None:
 class ChunkIndex:
     def __init__(self, path: Path, readonly: bool = False):
         self.readonly = readonly
-        self.env = _acquire_env(path, readonly)
-        if readonly:
-            with self.env.begin() as txn:
-                self._chunks = self.env.open_db(b"chunks", txn=txn, create=False)
-                self._stats = self.env.open_db(b"stats", txn=txn, create=False)
-                self._manifests = self.env.open_db(b"manifests", txn=txn, create=False)
-        else:
-            self._chunks = self.env.open_db(b"chunks")
-            self._stats = self.env.open_db(b"stats")
-            self._manifests = self.env.open_db(b"manifests")
+        self.env, dbs = _acquire_env(path, readonly)
+        self._chunks, self._stats, self._manifests = dbs["chunks"], dbs["stats"], dbs["manifests"]
 
     def close(self) -> None:
         if self.env is not None:

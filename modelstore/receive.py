@@ -23,12 +23,6 @@ from modelstore.packs import NO_BASE, REC_HEADER, REC_MAGIC, PackWriter
 from modelstore.remote.wire import MAX_RECORD
 
 MAX_CHAIN = 32  # a received delta deeper than this on our side is stored plain
-# Opening a Store opens its LMDB DB handles in a write transaction (LMDB: mdb_dbi_open must
-# not run concurrently with other transactions that use it); a server thread opening its
-# Store while others committed received batches was seen to deadlock the process. The sync
-# paths open stores (server/sync.py) and write the index under this lock, until
-# chunkindex opens its handles once per environment.
-LMDB_GUARD = threading.Lock()
 
 
 class ForgedChunkError(IntegrityError):
@@ -145,8 +139,7 @@ class Receiver:
             if self.writer is not None:
                 self.writer.finish()
                 self.writer = None
-            with LMDB_GUARD:
-                self.store.index.add_entries(self.entries)
+            self.store.index.add_entries(self.entries)
         except BaseException:
             self.abort()
             raise
@@ -261,8 +254,7 @@ def import_version(store, manifest_json: bytes | None, doc: dict, *, tag_updates
                     catalog_sync.find_version(store.catalog, doc["model"], content_id) is None:
                 raise MissingGraphError(f"graph {gid} of {doc['model']}@{content_id[:12]} was not sent; re-run the "
                                         "push or pull to send it")
-            with LMDB_GUARD:
-                store.index.commit_version({}, {}, m.content_id, m.to_json())
+            store.index.commit_version({}, {}, m.content_id, m.to_json())
             tensors = [(e.name, e.dtype, str(list(e.shape)), e.nbytes) for e in m.tensors]
         out = catalog_sync.import_version(store.catalog, doc, tensors=tensors, tag_updates=tag_updates,
                                           actor=actor, force=force)

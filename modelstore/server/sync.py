@@ -45,10 +45,7 @@ async def _body(request: Request, limit: int) -> bytes:
 
 
 def _store(request: Request):
-    from modelstore.receive import LMDB_GUARD
-
-    with LMDB_GUARD:  # opening a Store writes to LMDB (see receive.LMDB_GUARD)
-        return request.app.state.stores.get()
+    return request.app.state.stores.get()
 
 
 @router.get("/state", dependencies=[Depends(deps.can_read)])
