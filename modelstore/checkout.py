@@ -6,6 +6,8 @@ so decoding overlaps writing and memory stays bounded by the window.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +18,7 @@ from modelstore import codecs, dtypes, hashing
 from modelstore.chunkindex import check_entry
 from modelstore.errors import IntegrityError
 from modelstore.manifest import Manifest, TensorEntry
+from modelstore.packs import record_size
 
 
 def delta_chain(store, cid: bytes) -> list:
@@ -45,18 +48,21 @@ def read_chunk(store, cid: bytes, out=None, verify: bool = True):
     A delta chain is decoded in one buffer: the plain record at its root and all XOR
     deltas on top, in one native pass when it can (codecs.decode_chain). Only the final
     bytes need checking: a wrong link anywhere yields bytes that do not hash to `cid`. A
-    missing base is an IntegrityError naming it.
+    missing base is an IntegrityError naming it. Records are read into per-thread
+    buffers (one per chain position), reused from chunk to chunk.
     """
     chain = delta_chain(store, cid)
     root_id, root = chain[-1]
-    enc, raw_len, _base, payload = store.packs.read(root_id, root.location, root.stored_len)
+    enc, raw_len, _base, payload = _read(store, root_id, root, len(chain) - 1)
     if len(chain) == 1:
+        if enc == codecs.RAW and out is None:
+            return bytes(payload)  # the payload is a view of a reused buffer
         data = codecs.decode(enc, payload, raw_len, out)
     else:
         data = out if out is not None else bytearray(raw_len)
         links = []
-        for link_id, link in chain[:-1]:
-            lenc, link_len, _base, lpayload = store.packs.read(link_id, link.location, link.stored_len)
+        for slot, (link_id, link) in enumerate(chain[:-1]):
+            lenc, link_len, _base, lpayload = _read(store, link_id, link, slot)
             if link_len != raw_len:
                 raise IntegrityError(f"chunk {link_id.hex()}: delta of {link_len} bytes on a base of {raw_len}")
             links.append((lenc, lpayload))
@@ -66,29 +72,89 @@ def read_chunk(store, cid: bytes, out=None, verify: bool = True):
     return data
 
 
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def decode_pool() -> ThreadPoolExecutor:
+    """The process's chunk-decoding threads, started once: their per-thread buffers
+    (records, plane accumulators) then survive from one checkout to the next instead of
+    being allocated and page-faulted in by fresh threads every time. Work never waits on
+    the pool from inside it, so sharing cannot deadlock."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(codecs.THREADS, thread_name_prefix="decode")
+        return _pool
+
+
+def _forget_pool() -> None:
+    global _pool
+    _pool = None  # a forked child has none of the parent's threads
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+_local = threading.local()
+_MAX_REUSED = 8 << 20  # larger records get fresh buffers: the pool threads keep little memory
+
+
+def _read(store, cid: bytes, e, slot: int):
+    """store.packs.read of one record into this thread's buffer for chain position `slot`
+    (a fresh multi-MiB bytes object per record costs page faults on every read)."""
+    size = record_size(e.stored_len)
+    if size > _MAX_REUSED:
+        return store.packs.read(cid, e.location, e.stored_len)
+    bufs = getattr(_local, "bufs", None)
+    if bufs is None:
+        bufs = _local.bufs = []
+    while len(bufs) <= slot:
+        bufs.append(bytearray())
+    if len(bufs[slot]) < size:
+        bufs[slot] = bytearray(max(size, 1 << 20))  # replaced, never resized: old views stay valid
+    return store.packs.read_into(cid, e.location, e.stored_len, bufs[slot])
+
+
+def _scratch(n: int):
+    """A reusable per-thread output buffer of n bytes (for callers that copy it out)."""
+    buf = getattr(_local, "out", None)
+    if buf is None or buf.size < n:
+        buf = _local.out = np.empty(max(n, 1 << 22), dtype=np.uint8)
+    return buf[:n]
+
+
 def iter_chunks(store, tensors: Iterable[TensorEntry], depth: int | None = None) -> Iterator[tuple[TensorEntry, bytes]]:
     """(tensor, decoded chunk) in manifest order, read and decoded ahead by a thread pool.
 
     Decoding releases the GIL, so the workers use every core while the consumer writes;
     at most `depth` chunks are in flight.
     """
-    workers = codecs.THREADS
-    depth = depth or 2 * workers + 2
+    depth = depth or 2 * codecs.THREADS + 2
     jobs = ((t, cid) for t in tensors for cid in t.chunks)
-    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
-        pending: deque = deque()
-        try:
-            for t, cid in jobs:
-                pending.append((t, pool.submit(read_chunk, store, cid)))
-                if len(pending) >= depth:
-                    t0, fut = pending.popleft()
-                    yield t0, fut.result()
-            while pending:
+    pool = decode_pool()
+    pending: deque = deque()
+    try:
+        for t, cid in jobs:
+            pending.append((t, pool.submit(read_chunk, store, cid)))
+            if len(pending) >= depth:
                 t0, fut = pending.popleft()
                 yield t0, fut.result()
-        finally:
-            for _, fut in pending:
-                fut.cancel()
+        while pending:
+            t0, fut = pending.popleft()
+            yield t0, fut.result()
+    finally:
+        _settle(fut for _, fut in pending)
+
+
+def _settle(futures) -> None:
+    """Cancel what has not started and wait for what has: the shared pool outlives the
+    caller, whose store (pack files) or output file must not close under a running task."""
+    futures = list(futures)
+    for fut in futures:
+        fut.cancel()
+    for fut in futures:
+        if not fut.cancelled():
+            fut.exception()
 
 
 def load_tensor(store, t: TensorEntry, pool: ThreadPoolExecutor | None = None) -> np.ndarray:
@@ -108,16 +174,20 @@ def load_tensor(store, t: TensorEntry, pool: ThreadPoolExecutor | None = None) -
         for cid, out in spans:
             read_chunk(store, cid, out=out)
     else:
-        for fut in [pool.submit(read_chunk, store, cid, out) for cid, out in spans]:
-            fut.result()
+        futures = [pool.submit(read_chunk, store, cid, out) for cid, out in spans]
+        try:
+            for fut in futures:
+                fut.result()
+        finally:
+            _settle(futures)
     return arr
 
 
 def load(store, manifest: Manifest, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
     by_name = manifest.by_name()
     wanted = list(by_name) if names is None else list(names)
-    with ThreadPoolExecutor(codecs.THREADS, thread_name_prefix="decode") as pool:
-        return {n: load_tensor(store, by_name[n], pool) for n in wanted}
+    pool = decode_pool()
+    return {n: load_tensor(store, by_name[n], pool) for n in wanted}
 
 
 def write_file(store, manifest: Manifest, path, fmt: str, metadata: dict[str, str] | None = None,
@@ -149,8 +219,6 @@ def write_file(store, manifest: Manifest, path, fmt: str, metadata: dict[str, st
 def _write_safetensors(store, manifest: Manifest, path, metadata: dict[str, str] | None) -> None:
     """safetensors has a fixed layout, so workers decode chunks and pwrite them in place,
     in parallel, without ordering the writes; the file appears only when complete."""
-    import os
-
     from modelstore.formats.base import atomic_output
     from modelstore.formats.safetensors_io import build_header
 
@@ -160,7 +228,7 @@ def _write_safetensors(store, manifest: Manifest, path, metadata: dict[str, str]
     for t in manifest.tensors:
         for cid in t.chunks:
             e = check_entry(cid, store.index.get(cid))
-            jobs.append((cid, offset))
+            jobs.append((cid, offset, e.raw_len))
             offset += e.raw_len
         # a tensor's chunks must add up to its size, or the header would lie
     if offset - len(head) != manifest.nbytes:
@@ -173,18 +241,22 @@ def _write_safetensors(store, manifest: Manifest, path, metadata: dict[str, str]
         os.ftruncate(fd, offset)
 
         def work(job):
-            cid, off = job
-            data = memoryview(read_chunk(store, cid)).cast("B")
+            cid, off, raw_len = job
+            # pwrite copies the bytes out, so a reused per-thread buffer will do
+            out = _scratch(raw_len) if raw_len <= _MAX_REUSED else None
+            data = memoryview(read_chunk(store, cid, out=out)).cast("B")
             while data.nbytes:
                 n = os.pwrite(fd, data, off)
                 data, off = data[n:], off + n
 
-        workers = codecs.THREADS
-        with ThreadPoolExecutor(workers, thread_name_prefix="checkout") as pool:
-            window: deque = deque()
+        pool = decode_pool()
+        window: deque = deque()
+        try:
             for job in jobs:
                 window.append(pool.submit(work, job))
-                if len(window) >= 2 * workers + 2:
+                if len(window) >= 2 * codecs.THREADS + 2:
                     window.popleft().result()
             while window:
                 window.popleft().result()
+        finally:  # on an error, no write may outlive the file
+            _settle(window)

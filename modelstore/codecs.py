@@ -229,13 +229,8 @@ def decode(encoding: int, payload, raw_len: int, out=None, base=None):
         view = memoryview(dst).cast("B")
         if view.nbytes < raw_len:
             raise IntegrityError(f"output buffer holds {view.nbytes} bytes, record needs {raw_len}")
-        try:
-            if len(payload) > 1 and payload[1] > 1:
-                # planes decode into a reused per-thread buffer, then interleave once: a
-                # fresh plane buffer per chunk costs more in page faults than the decode
-                _native.xordelta_apply([], view[:raw_len], payload)
-            else:
-                _native.splithuff_decode(payload, view[:raw_len])
+        try:  # planes decode into a reused per-thread buffer, then interleave once
+            _native.splithuff_decode(payload, view[:raw_len])
         except ValueError as exc:
             raise IntegrityError(f"corrupt splithuff record: {exc}") from None
         return dst

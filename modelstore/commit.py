@@ -9,8 +9,10 @@ read through memory maps and only the pack writer's short queue holds encoded re
 
 from __future__ import annotations
 
+import os
 import threading
-from collections import Counter, deque
+import weakref
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -68,7 +70,8 @@ def commit(
     parent_ids = _parents(store, model, parent)
     target = store.config.chunk_target_bytes
     with store_lock(store.layout.lock, exclusive=False), open_model(source) as src:
-        ingest = _Ingest(store, _delta_bases(store, model, parent_ids))
+        ingest = _Ingest(store, _delta_bases(store, model, parent_ids),
+                         base_cache(store, sum(t.nbytes for t in src.tensors)))
         try:
             entries = ingest.run(src.tensors, target, progress)
         finally:
@@ -102,9 +105,10 @@ class _Ingest:
     chunks are in flight, so memory is bounded by a few chunks per worker.
     """
 
-    def __init__(self, store, bases: list[dict[str, TensorEntry]] | None = None):
+    def __init__(self, store, bases: list[dict[str, TensorEntry]] | None = None, cache: "BaseCache | None" = None):
         self.store = store
         self.bases = bases or []
+        self.cache = cache
         self.max_depth = store.config.delta_depth
         self.new_entries: dict[bytes, Entry] = {}
         self.new_stats: dict[bytes, tuple] = {}
@@ -179,12 +183,19 @@ class _Ingest:
         return None
 
     def _submit(self, cid, key, view, dt, length, slots, slot, known_stats, base, release) -> None:
+        cache = self.cache
+
         def work():
             st = known_stats if known_stats is not None else tuple(kernels.chunk_stats(view, dt.code))
+            if cache is not None:
+                cache.put(cid, view)
             if base is not None:
                 from modelstore.checkout import read_chunk
 
-                denc, delta = codecs.encode_xor(view, read_chunk(self.store, base[0], out=_scratch(length)), dt)
+                base_raw = cache.get(base[0]) if cache is not None else None
+                if base_raw is None:
+                    base_raw = read_chunk(self.store, base[0], out=_scratch(length))
+                denc, delta = codecs.encode_xor(view, base_raw, dt)
                 if dt.kind == "f" and len(delta) <= _SURE_DELTA * length:
                     return st, denc, delta, base
                 enc, payload = codecs.encode(view, dt)
@@ -218,6 +229,71 @@ class _Ingest:
             self.pool.shutdown(wait=True)
         if self.writer is not None:
             self.writer.abort()
+
+
+class BaseCache:
+    """Raw bytes of recently committed chunks by id, least recently used out first,
+    bounded in bytes: the next commit of a series deltas against them without decoding
+    their chains (a training loop commits every epoch from one process). Ids are hashes
+    of the bytes, so an entry never goes stale; bases are still chosen by the index."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.used = 0
+        self._items: OrderedDict[bytes, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, cid: bytes) -> bytes | None:
+        with self._lock:
+            data = self._items.get(cid)
+            if data is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(cid)
+            self.hits += 1
+            return data
+
+    def put(self, cid: bytes, raw) -> None:
+        n = memoryview(raw).nbytes
+        if n > self.budget // 4:  # a few entries at least, or the cache only churns
+            return
+        with self._lock:
+            if cid in self._items:
+                self._items.move_to_end(cid)
+                return
+        data = bytes(raw)  # copied outside the lock
+        with self._lock:
+            if cid in self._items:
+                return
+            self._items[cid] = data
+            self.used += n
+            while self.used > self.budget:
+                _old, dropped = self._items.popitem(last=False)
+                self.used -= len(dropped)
+
+
+# MODELSTORE_BASE_CACHE_MB (default 256; 0 turns it off) bounds each store's cache.
+_CACHE_MB = 256
+_caches: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_caches_lock = threading.Lock()
+
+
+def base_cache(store, model_bytes: int) -> BaseCache | None:
+    """The store's base cache when a whole version of this model fits in it, else None:
+    a model larger than the budget would evict every chunk before the next commit needs
+    it, so it pays for copies and never hits (memory stays a few chunks per thread)."""
+    try:
+        budget = int(float(os.environ.get("MODELSTORE_BASE_CACHE_MB", _CACHE_MB)) * (1 << 20))
+    except ValueError:
+        budget = _CACHE_MB << 20
+    if budget <= 0 or model_bytes > budget or store.config.delta_depth <= 0:
+        return None
+    with _caches_lock:
+        cache = _caches.get(store)
+        if cache is None or cache.budget != budget:
+            cache = _caches[store] = BaseCache(budget)
+        return cache
 
 
 _local = threading.local()

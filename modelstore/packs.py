@@ -28,6 +28,11 @@ MAX_PACK_BYTES = 1 << 30
 SYNC_EVERY = 64 << 20  # the writer thread syncs as it goes
 
 
+def record_size(stored_len: int) -> int:
+    """Bytes of a record (header + payload) holding `stored_len` payload bytes."""
+    return REC_HEADER.size + stored_len
+
+
 def pack_path(packs_dir: Path, number: int) -> Path:
     return packs_dir / f"{number:08x}.pack"
 
@@ -200,6 +205,26 @@ class PackReader:
         buf = os.pread(self._fd(loc.pack), size, loc.offset)
         if len(buf) != size:
             raise IntegrityError(f"chunk {cid.hex()}: pack {loc.pack:08x} is truncated")
+        return self._parse(cid, loc, stored_len, buf)
+
+    def read_into(self, cid: bytes, loc: Location, stored_len: int, buf: bytearray) -> tuple[int, int, bytes, memoryview]:
+        """read() into `buf` (at least record_size(stored_len) bytes): the payload is a view
+        of `buf`, valid until the caller reuses it. Reusing a buffer per reader thread spares
+        a fresh multi-MiB allocation (and its page faults) per record."""
+        size = REC_HEADER.size + stored_len
+        view = memoryview(buf)[:size]
+        got = os.preadv(self._fd(loc.pack), [view], loc.offset)
+        while 0 < got < size:  # preadv may return short on some filesystems
+            n = os.preadv(self._fd(loc.pack), [view[got:]], loc.offset + got)
+            if n <= 0:
+                break
+            got += n
+        if got != size:
+            raise IntegrityError(f"chunk {cid.hex()}: pack {loc.pack:08x} is truncated")
+        return self._parse(cid, loc, stored_len, view)
+
+    @staticmethod
+    def _parse(cid: bytes, loc: Location, stored_len: int, buf) -> tuple[int, int, bytes, memoryview]:
         magic, rid, encoding, raw_len, slen, base = REC_HEADER.unpack_from(buf)
         if magic != REC_MAGIC or rid != cid or slen != stored_len:
             raise IntegrityError(f"chunk {cid.hex()}: record header in pack {loc.pack:08x} does not match the index")

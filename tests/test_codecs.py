@@ -204,3 +204,78 @@ def test_fused_chain_decode_matches_step_by_step(dtype):
         with pytest.raises(IntegrityError):
             codecs.decode_chain(enc, bad_root, bad_links, len(out), out)
         assert out == bytearray(b"\xab" * v[0].nbytes)
+
+
+def _plane_bytes(rng, n: int, kind: str) -> bytes:
+    """n bytes whose Huffman code is long (dense: about one symbol per table lookup),
+    short (skewed: two per lookup) or hits the 12-bit length limit (geometric tail)."""
+    if kind == "dense":  # ~7.5 bits a byte
+        x = rng.integers(0, 180, n)
+    elif kind == "skewed":  # ~2-3 bits a byte, like an exponent plane
+        x = np.clip(np.abs(rng.standard_normal(n)) * 2, 0, 255)
+    else:  # probabilities 2^-1 .. 2^-40: lengths must be limited to 12
+        x = np.minimum(rng.geometric(0.5, n) - 1, 255)
+    return x.astype(np.uint8).tobytes()
+
+
+@pytest.mark.parametrize("kind", ["dense", "skewed", "limited"])
+def test_huffman_decoder_paths_round_trip(kind):
+    """Both table decoders (one or two symbols a lookup) and the checked tail, at every
+    size around the interleaved loop's boundaries, decode bit-exact."""
+    rng = np.random.default_rng(11)
+    for n in (1, 2, 7, 8, 9, 31, 32, 33, 64, 65, 127, 1000, 4097, 65_536, 65_537, 300_001):
+        raw = _plane_bytes(rng, n, kind)
+        payload = native.splithuff_encode(raw, 1)
+        if n >= 65_536:
+            assert payload[2] == 1, (kind, n)  # Huffman-coded
+        out = bytearray(n)
+        native.splithuff_decode(payload, out)
+        assert bytes(out) == raw, (kind, n)
+
+
+def _incomplete_code_payload(segments: list[list[int]]) -> bytes:
+    """A one-plane splithuff payload whose code (symbol 5: 1 bit, symbol 9: 2 bits) leaves
+    window pattern 11 unused: no encoder writes one, but a decoder must handle it."""
+    lengths = bytearray(128)
+    lengths[5 // 2] |= 1 << 4  # symbol 5 (odd: high nibble)
+    lengths[9 // 2] |= 2 << 4  # symbol 9
+    codes = {5: (0, 1), 9: (1, 2), "bad": (3, 2)}  # canonical codes, bit-reversed (LSB first)
+    streams = []
+    for syms in segments:
+        acc = bits = 0
+        for s in syms:
+            code, n = codes[s]
+            acc |= code << bits
+            bits += n
+        streams.append(acc.to_bytes((bits + 7) // 8, "little"))
+    plane = bytes(lengths) + b"".join(len(s).to_bytes(4, "little") for s in streams[:3]) + b"".join(streams)
+    return bytes([1, 1, 1, 0]) + len(plane).to_bytes(4, "little") + plane
+
+
+def test_incomplete_huffman_code_decodes_checked():
+    seq = [5, 9, 9, 5, 5, 5, 9, 5] * 40
+    segs = [seq[i * 80:(i + 1) * 80] for i in range(4)]
+    out = bytearray(len(seq))
+    native.splithuff_decode(_incomplete_code_payload(segs), out)
+    assert list(out) == seq
+    segs[2] = segs[2][:30] + ["bad"] + segs[2][31:]
+    with pytest.raises(ValueError, match="invalid code"):
+        native.splithuff_decode(_incomplete_code_payload(segs), bytearray(len(seq)))
+
+
+@pytest.mark.parametrize("step", [1e-2, 1e-4])
+def test_long_chain_with_dense_huffman_links(step):
+    """Root plus 6 links whose mantissa planes are Huffman-coded (dense at small steps),
+    decoded in one call, equal the last version; so does every prefix of the chain."""
+    rng = np.random.default_rng(12)
+    dt = dtypes.get("F32")
+    v = [(rng.standard_normal(300_000) * 0.02).astype(np.float32)]
+    for _ in range(6):
+        v.append((v[-1] * (1 + step * rng.standard_normal(v[0].size))).astype(np.float32))
+    enc, root = codecs.encode(v[0].tobytes(), dt)
+    links = [codecs.encode_xor(v[i + 1].tobytes(), v[i].tobytes(), dt) for i in range(6)]
+    assert any(p[2 + 6 * b] == 1 for _, p in links for b in range(4))  # some plane is Huffman-coded
+    for m in range(7):
+        out = bytearray(v[0].nbytes)
+        codecs.decode_chain(enc, root, links[:m][::-1], len(out), out)
+        assert bytes(out) == v[m].tobytes(), m

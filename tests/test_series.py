@@ -198,3 +198,71 @@ def test_delete_middle_version_then_gc_keeps_later_versions(tmp_path):
     rep = s.fsck()
     assert rep["ok"] and rep["unreferenced_chunks"] == 0
     s.close()
+
+
+def _records(s, ref):
+    return [(e.encoding, e.stored_len, e.base, e.depth)
+            for e in (s.index.get(c) for c in s.manifest(ref).chunk_ids())]
+
+
+def test_base_cache_writes_the_same_records_without_decoding_bases(tmp_path, monkeypatch):
+    """Committing a series from one process deltas against cached raw chunks: the records
+    are exactly those written when every base is decoded from the packs, and most bases
+    come from the cache."""
+    from modelstore import commit as commit_mod
+
+    series = list(_train_mlp_series(9))
+    stores = {}
+    for label, mb in (("decoded", "0"), ("cached", "64")):
+        monkeypatch.setenv("MODELSTORE_BASE_CACHE_MB", mb)
+        s = Store.init(tmp_path / label, chunk_target_bytes=16 << 10, delta_depth=4)
+        infos = [s.commit(ck, model="mlp") for ck in series]
+        stores[label] = (s, infos)
+    (dec, dinfos), (cac, cinfos) = stores["decoded"], stores["cached"]
+    cache = commit_mod._caches.get(cac)
+    assert commit_mod._caches.get(dec) is None
+    assert cache is not None and cache.hits > 0 and cache.misses <= cache.hits // 10, (cache.hits, cache.misses)
+    for d, c, ck in zip(dinfos, cinfos, series):
+        assert _records(dec, d.ref) == _records(cac, c.ref)
+        got = cac.load(c.ref)
+        assert all(got[k].tobytes() == v.tobytes() for k, v in ck.items())
+    assert cac.fsck()["ok"]
+    dec.close()
+    cac.close()
+
+
+def test_base_cache_is_bounded_and_skips_models_larger_than_it(tmp_path, monkeypatch):
+    from modelstore.commit import BaseCache, base_cache
+
+    cache = BaseCache(1000)
+    for i in range(50):
+        cache.put(bytes([i]) * 16, bytes(200))
+        assert cache.used <= 1000
+    assert cache.get(bytes([49]) * 16) == bytes(200) and cache.get(bytes([0]) * 16) is None
+    cache.put(b"x" * 16, bytes(400))  # over a quarter of the budget: not kept
+    assert cache.get(b"x" * 16) is None
+    monkeypatch.setenv("MODELSTORE_BASE_CACHE_MB", "1")
+    s = Store.init(tmp_path / "s")
+    assert base_cache(s, 2 << 20) is None  # a version would not fit: no cache at all
+    assert base_cache(s, 512 << 10) is base_cache(s, 100)  # one cache per store
+    s.close()
+
+
+def test_reused_read_buffers_return_independent_chunks(tmp_path):
+    """Records are read into per-thread buffers: chunks handed out (raw or decoded) must
+    not change when later chunks are read."""
+    from modelstore.checkout import read_chunk
+
+    s = Store.init(tmp_path / "s", chunk_target_bytes=4 << 10, delta_depth=2)
+    rng = np.random.default_rng(4)
+    ints = rng.integers(0, 256, 24_000, dtype=np.uint8)  # incompressible: raw records
+    x = (rng.standard_normal(6000) * 0.05).astype(np.float32)
+    s.commit({"i": ints, "w": x}, model="m")
+    v2 = s.commit({"i": ints, "w": (x * np.float32(1.001))}, model="m")
+    ids = s.manifest(v2.ref).chunk_ids()
+    assert {s.index.get(c).encoding for c in ids} >= {codecs.RAW, codecs.XOR_PLANES}
+    got = [read_chunk(s, c) for c in ids]
+    from modelstore import hashing
+
+    assert [hashing.digest(g) for g in got] == list(ids)
+    s.close()

@@ -11,18 +11,32 @@
 //   u8 version (=1) || u8 k || k x { u8 method, u8 constant, u32 size } || plane data...
 //   method 0 raw: `size` bytes, the plane as is
 //   method 1 huffman: 128 bytes of 4-bit code lengths (symbol 2i in the low nibble of
-//            byte i), then `size - 128` bytes of LSB-first bit stream
+//            byte i), u32 byte sizes of segments 0..2, then 4 LSB-first bit streams, one
+//            per quarter of the plane (decoded interleaved)
 //   method 2 constant: every byte of the plane equals `constant`; size == 0
+//
+// The one-plane decoder below is shared with the xor-planes delta codec (xordelta.hpp);
+// the Huffman coding itself lives in huffman.hpp (shared with zerorun.hpp).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
+#include <vector>
 
 namespace modelstore {
 namespace splithuff {
 
-constexpr int kMaxLen = 12;  // code length limit: the decode table has 4096 entries
+constexpr size_t kPlaneHeader = 6;  // per plane: u8 method, u8 constant, u32 size
+enum PlaneMethod : uint8_t { kRaw = 0, kHuffman = 1, kConst = 2 };
+
+// Writes plane b's header entry (shared with xordelta, whose payloads use the same header).
+inline void put_plane_header(uint8_t* hdr, int b, uint8_t method, uint8_t constant, size_t size) {
+    uint8_t* h = hdr + size_t(b) * kPlaneHeader;
+    h[0] = method;
+    h[1] = constant;
+    for (int i = 0; i < 4; i++) h[2 + i] = uint8_t(size >> (8 * i));
+}
 
 // Upper bound of the encoded size of n bytes with k planes.
 size_t bound(size_t n, int k);
@@ -34,6 +48,40 @@ size_t encode(const uint8_t* src, size_t n, int k, uint8_t* dst);
 // Decode `size` bytes of payload into exactly n bytes. Throws std::runtime_error on any
 // corruption (never reads or writes out of bounds).
 void decode(const uint8_t* src, size_t size, uint8_t* dst, size_t n);
+
+// Decode `k` planes of `count` bytes each (payload as above, k checked against the
+// header) into `planes` (k * count bytes, plane-major), without interleaving them.
+void decode_planes(const uint8_t* src, size_t size, int k, size_t count, uint8_t* planes);
+
+// A Huffman-coded plane (method kHuffman data) and where it decodes to.
+struct HuffPlane {
+    const uint8_t* data;
+    size_t size;
+    uint8_t* dst;
+    size_t count;
+};
+// Decode n Huffman planes in one batch (two at a time, interleaved). Same errors as decode().
+void decode_huffman(const HuffPlane* planes, size_t n);
+
+// dst ^= src, n bytes.
+void xor_bytes(uint8_t* dst, const uint8_t* src, size_t n);
+// Per-thread scratch buffers live between calls (fresh multi-MiB buffers cost page
+// faults) unless they grew past kKeepScratch: a long-lived decode pool must not hold
+// memory for the largest chunk it ever saw.
+constexpr size_t kKeepScratch = size_t(32) << 20;
+inline void trim_scratch(std::vector<uint8_t>& v) {
+    if (v.capacity() > kKeepScratch) std::vector<uint8_t>().swap(v);
+}
+
+// De-interleave count elements of k bytes into k planes, and back (or XOR them back in).
+void split(const uint8_t* src, size_t count, int k, uint8_t* planes);
+void merge(const uint8_t* planes, size_t count, int k, uint8_t* dst, bool xor_into = false);
+
+// One plane's data (`size` bytes, coded with `method`/`constant`) into dst (count bytes).
+// With `xor_into`, XORs the plane into dst instead, using `tmp` (count bytes) for Huffman
+// planes. Same errors as decode().
+void decode_plane(uint8_t method, uint8_t constant, const uint8_t* data, size_t size, uint8_t* dst, size_t count,
+                  bool xor_into, uint8_t* tmp);
 
 }  // namespace splithuff
 }  // namespace modelstore

@@ -1,0 +1,371 @@
+// huffman.cpp -- see huffman.hpp.
+#include "modelstore/huffman.hpp"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <queue>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace modelstore {
+namespace huffman {
+
+void code_lengths(const uint64_t* freq_in, int nsyms, uint8_t* len) {
+    std::vector<uint64_t> freq(freq_in, freq_in + nsyms);
+    for (;;) {
+        std::fill(len, len + nsyms, 0);
+        struct Node {
+            int left, right;  // leaves: left = -1 - symbol
+        };
+        std::vector<Node> nodes;
+        using Item = std::pair<uint64_t, int>;
+        std::priority_queue<Item, std::vector<Item>, std::greater<Item>> pq;
+        for (int s = 0; s < nsyms; s++)
+            if (freq[s]) {
+                nodes.push_back({-1 - s, -1});
+                pq.push({freq[s], int(nodes.size()) - 1});
+            }
+        if (nodes.empty()) return;
+        if (nodes.size() == 1) {
+            len[-1 - nodes[0].left] = 1;
+            return;
+        }
+        while (pq.size() > 1) {
+            auto a = pq.top();
+            pq.pop();
+            auto b = pq.top();
+            pq.pop();
+            nodes.push_back({a.second, b.second});
+            pq.push({a.first + b.first, int(nodes.size()) - 1});
+        }
+        // Depth of every leaf, iteratively from the root.
+        int maxlen = 0;
+        std::vector<std::pair<int, int>> stack{{pq.top().second, 0}};
+        while (!stack.empty()) {
+            auto [id, depth] = stack.back();
+            stack.pop_back();
+            const Node& nd = nodes[id];
+            if (nd.left < 0) {
+                len[-1 - nd.left] = uint8_t(std::max(depth, 1));
+                maxlen = std::max(maxlen, depth);
+            } else {
+                stack.push_back({nd.left, depth + 1});
+                stack.push_back({nd.right, depth + 1});
+            }
+        }
+        if (maxlen <= kMaxLen) return;
+        // Flatten and retry: near-optimal for small alphabets, and it terminates (equal
+        // frequencies fit in ceil(log2(nsyms)) <= kMaxLen bits).
+        for (auto& f : freq)
+            if (f) f = (f >> 1) | 1;
+    }
+}
+
+void canonical_codes(const uint8_t* len, int nsyms, uint16_t* code) {
+    int count[kMaxLen + 1] = {};
+    for (int s = 0; s < nsyms; s++) count[len[s]]++;
+    count[0] = 0;
+    int next[kMaxLen + 2] = {};
+    int c = 0;
+    for (int l = 1; l <= kMaxLen; l++) {
+        c = (c + count[l - 1]) << 1;
+        next[l] = c;
+    }
+    for (int s = 0; s < nsyms; s++) {
+        int l = len[s];
+        if (!l) continue;
+        uint32_t v = uint32_t(next[l]++), r = 0;
+        for (int b = 0; b < l; b++) r |= ((v >> b) & 1u) << (l - 1 - b);
+        code[s] = uint16_t(r);
+    }
+}
+
+void pack_lengths(const uint8_t* len, int nsyms, uint8_t* dst) {
+    for (int i = 0; i < nsyms / 2; i++) dst[i] = uint8_t(len[2 * i] | (len[2 * i + 1] << 4));
+}
+
+bool unpack_lengths(const uint8_t* src, int nsyms, int first, uint8_t* len, const char* who) {
+    for (int i = 0; i < nsyms / 2; i++) {
+        len[2 * i] = src[i] & 15;
+        len[2 * i + 1] = src[i] >> 4;
+    }
+    // Kraft check: a corrupt table must not produce an ambiguous decoder.
+    uint64_t kraft = 0;
+    int used = 0;
+    for (int s = 0; s < nsyms; s++)
+        if (len[s]) {
+            if (len[s] > kMaxLen || s < first) throw std::runtime_error(std::string(who) + ": bad code length");
+            kraft += uint64_t(1) << (kMaxLen - len[s]);
+            used++;
+        }
+    if (used == 0 || kraft > (uint64_t(1) << kMaxLen)) throw std::runtime_error(std::string(who) + ": bad code table");
+    return kraft == (uint64_t(1) << kMaxLen);
+}
+
+void segment(size_t count, int j, size_t* start, size_t* len) {
+    size_t per = (count + kStreams - 1) / kStreams;
+    size_t a = std::min(count, per * size_t(j));
+    *start = a;
+    *len = std::min(count, a + per) - a;
+}
+
+namespace {
+
+
+// One segment as an LSB-first bit stream; returns bytes written.
+size_t encode_stream(const uint8_t* p, size_t count, const uint8_t len[256], const uint16_t code[256], uint8_t* out) {
+    BitWriter w(out);
+    size_t i = 0;
+    for (; i + 4 <= count; i += 4) {  // 4 symbols <= 48 bits + < 8 pending: never overflows
+        for (int j = 0; j < 4; j++) w.put(code[p[i + j]], len[p[i + j]]);
+        w.flush();
+    }
+    for (; i < count; i++) w.put(code[p[i]], len[p[i]]);
+    return size_t(w.finish() - out);
+}
+
+// 8 bytes of stream at byte `at`, zero past `avail` (safe near the end of the payload).
+inline uint64_t load_safe(const uint8_t* s, size_t avail, size_t at) {
+    uint64_t v = 0;
+    if (at + 8 <= avail) {
+        std::memcpy(&v, s + at, 8);
+    } else if (at < avail) {
+        std::memcpy(&v, s + at, avail - at);
+    }
+    return v;
+}
+
+// Entries keep the bit count in the low byte, so `buf >> (e & 63)` is one shift.
+struct Tables {
+    uint16_t one[1 << kMaxLen];  // length | symbol << 8; length 0: invalid code
+    uint32_t two[1 << kMaxLen];  // bits | nsyms << 8 | sym1 << 16 | sym2 << 24
+    bool pairs;                  // decode with `two`: many windows hold two codes
+};
+thread_local Tables tables;  // 24 KiB, rebuilt per plane: no allocation
+
+void build_tables(const uint8_t len[256], Tables& t) {
+    uint16_t code[256] = {};
+    canonical_codes(len, 256, code);
+    std::memset(t.one, 0, sizeof t.one);
+    for (int sym = 0; sym < 256; sym++) {
+        int l = len[sym];
+        if (!l) continue;
+        for (uint32_t hi = 0; hi < (1u << (kMaxLen - l)); hi++) t.one[code[sym] | (hi << l)] = uint16_t(l | (sym << 8));
+    }
+    // A 12-bit window often holds two short codes (exponent planes average ~3 bits a
+    // symbol), so one lookup yields 1 or 2 symbols. Under the code's own distribution
+    // every window is equally likely, so the share of two-symbol windows is the expected
+    // share of two-symbol lookups.
+    uint32_t n2 = 0;
+    for (uint32_t w = 0; w < (1u << kMaxLen); w++) {
+        uint16_t e1 = t.one[w];
+        unsigned l1 = e1 & 255;
+        uint16_t e2 = t.one[w >> l1];
+        unsigned l2 = e2 & 255;
+        if (l1 && l2 && l1 + l2 <= unsigned(kMaxLen)) {
+            t.two[w] = (l1 + l2) | 2u << 8 | uint32_t(e1 >> 8) << 16 | uint32_t(e2 >> 8) << 24;
+            n2++;
+        } else {
+            t.two[w] = l1 | 1u << 8 | uint32_t(e1 >> 8) << 16;
+        }
+    }
+    t.pairs = n2 * 3 >= (1u << kMaxLen);  // measured: pairs pay from ~1/3 two-symbol lookups
+}
+
+struct Stream {
+    const uint8_t* s;  // first byte of the stream
+    size_t avail;      // bytes readable from s (to the end of the payload)
+    uint64_t lim;      // bits of the stream itself
+    uint64_t pos;      // bits consumed
+    uint8_t* out;
+    size_t i, count;   // symbols written, to write
+};
+
+// Rounds of up to 4 lookups (<= 48 bits, <= 8 symbols) that stay in bounds.
+inline size_t safe_rounds(const Stream& st) {
+    size_t by_out = (st.count - st.i) / 8;
+    uint64_t top = st.avail >= 8 ? uint64_t(st.avail - 8) * 8 : 0;  // last safe start bit
+    size_t by_in = st.pos <= top ? size_t((top - st.pos) / 48) + 1 : 0;
+    return std::min(by_out, by_in);
+}
+
+// One round on a complete code: 1 load, 4 lookups. Pairs: a 2-byte store per lookup (the
+// second byte is speculative: overwritten next when the lookup yields one symbol).
+#define MS_HUFF_ROUND2(TAB, B, Q, O, I)                   \
+    {                                                     \
+        uint64_t buf;                                     \
+        std::memcpy(&buf, B + (Q >> 3), 8);               \
+        buf >>= (Q & 7);                                  \
+        unsigned used = 0;                                \
+        for (int r = 0; r < 4; r++) {                     \
+            uint32_t e = TAB[buf & mask];                 \
+            uint16_t v = uint16_t(e >> 16);               \
+            std::memcpy(O + I, &v, 2);                    \
+            I += (e >> 8) & 3;                            \
+            buf >>= (e & 63);                             \
+            used += e; /* low byte: bits, <= 48 in all */ \
+        }                                                 \
+        Q += used & 255;                                  \
+    }
+// Singles: 4 symbols a round at fixed offsets.
+#define MS_HUFF_ROUND1(TAB, B, Q, O, I)                   \
+    {                                                     \
+        uint64_t buf;                                     \
+        std::memcpy(&buf, B + (Q >> 3), 8);               \
+        buf >>= (Q & 7);                                  \
+        uint32_t e0 = TAB[buf & mask];                    \
+        buf >>= (e0 & 63);                                \
+        uint32_t e1 = TAB[buf & mask];                    \
+        buf >>= (e1 & 63);                                \
+        uint32_t e2 = TAB[buf & mask];                    \
+        buf >>= (e2 & 63);                                \
+        uint32_t e3 = TAB[buf & mask];                    \
+        O[I] = uint8_t(e0 >> 8);                          \
+        O[I + 1] = uint8_t(e1 >> 8);                      \
+        O[I + 2] = uint8_t(e2 >> 8);                      \
+        O[I + 3] = uint8_t(e3 >> 8);                      \
+        I += 4;                                           \
+        Q += (e0 + e1 + e2 + e3) & 255; /* bits <= 48: no carry */ \
+    }
+#define MS_HUFF_ROUND(P, TAB, B, Q, O, I) \
+    if (P) MS_HUFF_ROUND2(TAB, B, Q, O, I) else MS_HUFF_ROUND1(TAB, B, Q, O, I)
+
+// Byte stores would force reloads of struct fields (uint8_t aliases anything): the loops
+// keep each stream's state in locals.
+#define MS_HUFF_LOCALS(J)                                         \
+    const uint8_t* __restrict b##J = st[J].s;                     \
+    uint8_t* __restrict o##J = st[J].out;                         \
+    uint64_t q##J = st[J].pos;                                    \
+    size_t i##J = st[J].i;
+#define MS_HUFF_STORE(J) st[J].pos = q##J, st[J].i = i##J;
+
+// Each stream alone while it is still far from its end (streams end unevenly).
+template <bool P, class E>
+void run_single(Stream& s, const E* __restrict tab) {
+    const uint64_t mask = (1u << kMaxLen) - 1;
+    const uint8_t* __restrict b = s.s;
+    uint8_t* __restrict o = s.out;
+    for (size_t n; (n = safe_rounds(s)) > 0;) {
+        uint64_t q = s.pos;
+        size_t i = s.i;
+        for (size_t r = 0; r < n; r++) MS_HUFF_ROUND(P, tab, b, q, o, i)
+        s.pos = q;
+        s.i = i;
+    }
+}
+
+// The 4 streams of one plane interleaved: independent dependency chains.
+template <bool P, class E>
+void run_bulk(Stream* st, const E* __restrict tab) {
+    const uint64_t mask = (1u << kMaxLen) - 1;
+    static_assert(kStreams == 4, "the interleaved loop below assumes 4 streams");
+    for (;;) {
+        size_t n = SIZE_MAX;
+        for (int j = 0; j < 4; j++) n = std::min(n, safe_rounds(st[j]));
+        if (n == 0) break;
+        MS_HUFF_LOCALS(0) MS_HUFF_LOCALS(1) MS_HUFF_LOCALS(2) MS_HUFF_LOCALS(3)
+        for (size_t r = 0; r < n; r++) {
+            MS_HUFF_ROUND(P, tab, b0, q0, o0, i0)
+            MS_HUFF_ROUND(P, tab, b1, q1, o1, i1)
+            MS_HUFF_ROUND(P, tab, b2, q2, o2, i2)
+            MS_HUFF_ROUND(P, tab, b3, q3, o3, i3)
+        }
+        MS_HUFF_STORE(0) MS_HUFF_STORE(1) MS_HUFF_STORE(2) MS_HUFF_STORE(3)
+    }
+    for (int j = 0; j < 4; j++) run_single<P>(st[j], tab);
+}
+
+#undef MS_HUFF_STORE
+#undef MS_HUFF_LOCALS
+#undef MS_HUFF_ROUND
+#undef MS_HUFF_ROUND1
+#undef MS_HUFF_ROUND2
+
+// Symbol by symbol with every check: the ends of the streams, and incomplete codes.
+void run_checked(Stream& st, const uint16_t* one, const char* who) {
+    const uint64_t mask = (1u << kMaxLen) - 1;
+    for (; st.i < st.count; st.i++) {
+        if (st.pos > st.lim) throw std::runtime_error(std::string(who) + ": bit stream overrun");
+        uint64_t buf = load_safe(st.s, st.avail, size_t(st.pos >> 3)) >> (st.pos & 7);
+        uint16_t e = one[buf & mask];
+        unsigned l = e & 255;
+        if (!l) throw std::runtime_error(std::string(who) + ": invalid code");
+        st.out[st.i] = uint8_t(e >> 8);
+        st.pos += l;
+    }
+}
+
+}  // namespace
+
+size_t encode_bytes(const uint8_t* src, size_t count, const uint8_t len[256], uint8_t* dst) {
+    uint16_t code[256] = {};
+    canonical_codes(len, 256, code);
+    uint8_t* out = dst + kStreamHeader;
+    for (int j = 0; j < kStreams; j++) {
+        size_t a, m;
+        segment(count, j, &a, &m);
+        size_t w = encode_stream(src + a, m, len, code, out);
+        if (j < kStreams - 1) put_u32(dst + 4 * j, uint32_t(w));
+        out += w;
+    }
+    return size_t(out - dst);
+}
+
+namespace {
+
+// Splits a job into its streams (checked) and builds its tables.
+void prepare(const Job& job, Stream* st, Tables& t) {
+    if (job.size < kStreamHeader) throw std::runtime_error(std::string(job.who) + ": truncated stream sizes");
+    const uint8_t* data = job.src + kStreamHeader;
+    const uint8_t* const end = job.src + job.size;
+    size_t left = job.size - kStreamHeader;
+    for (int j = 0; j < kStreams; j++) {
+        size_t w = j < kStreams - 1 ? get_u32(job.src + 4 * j) : left;
+        if (w > left) throw std::runtime_error(std::string(job.who) + ": segment overruns the plane");
+        size_t a, m;
+        segment(job.count, j, &a, &m);
+        st[j] = Stream{data, size_t(end - data), uint64_t(w) * 8, 0, job.dst + a, 0, m};
+        data += w;
+        left -= w;
+    }
+    build_tables(job.len, t);
+}
+
+// The end of each stream, checked: an incomplete code (only in corrupt data) has invalid
+// windows, so it is decoded here entirely.
+void finish(const Job& job, Stream* st, const Tables& t) {
+    for (int j = 0; j < kStreams; j++) {
+        run_checked(st[j], t.one, job.who);
+        // The stream must end in its last byte: overruns read into the next stream.
+        if (st[j].pos > st[j].lim || st[j].lim - st[j].pos >= 8)
+            throw std::runtime_error(std::string(job.who) + ": bit stream length mismatch");
+    }
+}
+
+}  // namespace
+
+void decode_bytes(const Job* jobs, size_t n) {
+    Stream st[kStreams];
+    Tables& t = tables;
+    for (size_t j = 0; j < n; j++) {
+        prepare(jobs[j], st, t);
+        if (jobs[j].complete) {
+            if (t.pairs)
+                run_bulk<true>(st, t.two);
+            else
+                run_bulk<false>(st, t.one);
+        }
+        finish(jobs[j], st, t);
+    }
+}
+
+void decode_bytes(const uint8_t* src, size_t size, const uint8_t len[256], bool complete, uint8_t* dst,
+                  size_t count, const char* who) {
+    Job job{src, size, len, complete, dst, count, who};
+    decode_bytes(&job, 1);
+}
+
+}  // namespace huffman
+}  // namespace modelstore
