@@ -38,10 +38,12 @@ from modelstore import catalog_bulk
 from modelstore.catalog_bulk import _BATCH, _chunks  # noqa: F401 - re-exported
 from modelstore.catalog_schema import (  # noqa: F401 - re-exported
     _QUERY_INDEXES,
+    _RETIRED_DDL,
     _SCHEMA,
     NAME_TABLES,
     SCHEMA_VERSION,
     migrate,
+    next_number,
 )
 from modelstore.catalog_values import (  # noqa: F401 - re-exported: the names modules import from here
     _CANONICAL_TIME,
@@ -184,9 +186,7 @@ class Catalog:
                 model_id = self.db.execute("INSERT INTO models(name, created) VALUES(?, ?)", (model, created)).lastrowid
             else:
                 model_id = row[0]
-            (number,) = self.db.execute(
-                "SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE model_id=?", (model_id,)
-            ).fetchone()
+            number = next_number(self.db, model_id)
             vid = self.db.execute(
                 "INSERT INTO versions(model_id, number, content_id, message, author, created, format, size, stored,"
                 " params, n_tensors, dtype) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -309,8 +309,13 @@ class Catalog:
             self.db.execute("DELETE FROM lineage WHERE child = ? OR parent = ?", (vid, vid))
             for table in ("attrs", "attr_history", "metrics", "metric_history", "tags", "comments"):
                 self.db.execute(f"DELETE FROM {table} WHERE version_id = ?", (vid,))  # fixed table names
-            if self.db.execute("DELETE FROM versions WHERE id = ?", (vid,)).rowcount != 1:
+            row = self.db.execute("SELECT model_id, number FROM versions WHERE id = ?", (vid,)).fetchone()
+            if row is None or self.db.execute("DELETE FROM versions WHERE id = ?", (vid,)).rowcount != 1:
                 raise NotFoundError(f"version id {vid} not found")
+            # MODEL@N must never come to name other weights: remember the highest number used.
+            self.db.execute(_RETIRED_DDL)
+            self.db.execute("INSERT INTO retired_numbers(model_id, last) VALUES(?, ?) ON CONFLICT(model_id) "
+                            "DO UPDATE SET last = MAX(last, excluded.last)", row)
 
     def children(self, vid: int) -> list[VersionInfo]:
         return self.versions_by_ids([c for (c,) in self.db.execute(

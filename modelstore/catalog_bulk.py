@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from modelstore.catalog_schema import _QUERY_INDEXES, NAME_TABLES
+from modelstore.catalog_schema import next_number as catalog_next_number
 from modelstore.catalog_values import (
     _CANONICAL_TIME,
     _MAYBE_TYPED,
@@ -129,7 +130,7 @@ def insert_batch(db: sqlite3.Connection, prepared: list) -> int:
                 "SELECT m.name, m.id, (SELECT COALESCE(MAX(number), 0) FROM versions WHERE model_id = m.id) "
                 f"FROM models m WHERE m.name IN ({','.join('?' * len(chunk))})", chunk):
             model_ids[name] = mid
-            next_number[mid] = top + 1
+            next_number[mid] = catalog_next_number(db, mid)
     for name in names:
         if name not in model_ids:
             mid = db.execute("INSERT INTO models(name, created) VALUES(?, ?)", (name, now)).lastrowid

@@ -89,3 +89,18 @@ def migrate(db: sqlite3.Connection) -> None:
             raise FormatError(f"catalog schema {version} predates this modelstore's ({SCHEMA_VERSION}) and the "
                               "store format is unreleased: re-create the store")
         db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+
+
+_RETIRED_DDL = ("CREATE TABLE IF NOT EXISTS retired_numbers("
+                "model_id INTEGER PRIMARY KEY REFERENCES models(id), last INTEGER NOT NULL)")
+
+
+def next_number(db: sqlite3.Connection, model_id: int) -> int:
+    """The number of a model's next version: above every number it ever used, deleted ones
+    included (`retired_numbers`, created by the first delete; see docs/FORMAT.md §7)."""
+    (number,) = db.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE model_id=?", (model_id,)).fetchone()
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='retired_numbers'").fetchone():
+        row = db.execute("SELECT last FROM retired_numbers WHERE model_id=?", (model_id,)).fetchone()
+        if row is not None:
+            number = max(number, row[0] + 1)
+    return number

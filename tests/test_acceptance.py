@@ -347,9 +347,6 @@ def test_concurrent_uploads_and_reads_all_answer(server, shop, tmp_path):
     assert request("GET", f"{server}/api/health")[0] == 200
 
 # -- bugs found in acceptance QA (xfail until fixed) ----------------------------------------
-@pytest.mark.xfail(strict=True, reason="bug: clone/pull keep one version per (model, content id): a version "
-                                       "re-committed with the same weights (new message, metrics, meta) is "
-                                       "dropped and later versions are renumbered (remote/sync.py, catalog_sync.py)")
 def test_clone_keeps_a_version_whose_weights_repeat_an_earlier_one(server, shop, files, tmp_path):
     run_cli("commit", files / "e1.safetensors", "--model", "again", "-m", "first", store=shop, check=0)
     run_cli("commit", files / "e1.safetensors", "--model", "again", "-m", "re-evaluated",
@@ -383,8 +380,6 @@ def test_read_only_store_can_be_read(shop, tmp_path):
     assert [v["ref"] for v in json.loads(proc.stdout)] == ["yolo-s@1", "yolo-s@2"]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: after `rm` of a model's newest version the next commit reuses its "
-                                       "number, so MODEL@N silently names other weights (catalog.py numbering)")
 def test_rm_then_commit_never_reuses_a_version_number(files, tmp_path):
     store = tmp_path / "s"
     run_cli("init", store, check=0)
