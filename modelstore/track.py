@@ -22,6 +22,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Self
 
 from modelstore.errors import InvalidInputError
@@ -43,6 +44,7 @@ def track(store_or_path: Any = None, model: str = "", *, parent: str | None = No
 
     `meta` keyword arguments become attributes of every version (e.g. lr=0.1, task="cls");
     `parent` is the REF the first commit descends from (default: the model's latest version).
+    A path to an absent or empty folder becomes a new store.
     """
     return Tracker(store_or_path, model, parent=parent, author=author, meta=meta)
 
@@ -54,6 +56,7 @@ class Tracker:
                  meta: Mapping[str, Any] | None = None):
         from modelstore.catalog import check_model_name
         from modelstore.commit import check_meta
+        from modelstore.config import Layout
         from modelstore.store import Store
 
         check_model_name(model)
@@ -64,6 +67,10 @@ class Tracker:
         self._parent = parent
         if isinstance(store_or_path, Store):
             self.store, self._owns_store = store_or_path, False
+        elif store_or_path is not None and not Layout(Path(store_or_path)).config.exists() \
+                and (not Path(store_or_path).exists() or not any(Path(store_or_path).iterdir())):
+            # a fresh (absent or empty) folder becomes a new store, as `git init` would
+            self.store, self._owns_store = Store.init(store_or_path), True
         else:
             self.store, self._owns_store = Store.open(store_or_path), True
 

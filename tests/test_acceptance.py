@@ -413,9 +413,6 @@ def test_http_upload_of_an_onnx_file(server, tmp_path):
     assert json.loads(data)["format"] == "onnx"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the README's training-loop snippet fails on a fresh path: "
-                                       "modelstore.track('runs/.modelstore', ...) raises NotFoundError instead "
-                                       "of creating the store (track.py Tracker.__init__)")
 def test_readme_track_snippet_works_on_a_fresh_path(tmp_path):
     import modelstore
 
