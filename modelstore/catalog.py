@@ -143,7 +143,8 @@ class Catalog:
 
     def __init__(self, path: Path, readonly: bool = False):
         self.path = path
-        uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+        # Read-only (a store we cannot write): immutable, so SQLite needs no -shm/-wal writes.
+        uri = f"file:{path}?mode=ro&immutable=1" if readonly else f"file:{path}"
         try:
             self.db = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA busy_timeout=60000")

@@ -1,7 +1,9 @@
 """Catalog rows of versions as sync documents: export one, import (or merge) one, list state.
 
-A version's identity across stores is (model, content id); its number is per store (an
-imported version takes the model's next number). Import runs in one SQLite transaction:
+A version's identity across stores is (model, uid): the uid is derived from its content id,
+created time, author and message (`version_uid`), so the same weights committed twice with
+another message stay two versions; its number is per store (an imported version takes the
+model's next number). Import runs in one SQLite transaction:
 the version row, lineage (parents found here by model and content id), typed metadata,
 metrics and their histories, comments and tags — a refusal anywhere writes nothing.
 Merging never loses a value: when both sides changed one, the newer becomes current and
@@ -10,6 +12,8 @@ the other goes to the history; comments and history rows are added unless alread
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 
@@ -23,6 +27,7 @@ from modelstore.catalog import (
     created_iso,
     now_iso,
 )
+from modelstore.catalog_schema import next_number
 from modelstore.errors import InvalidInputError, ModelstoreError, NotFoundError
 
 _CID = re.compile(r"^[0-9a-f]{32}$")
@@ -50,9 +55,10 @@ def export_version(catalog: Catalog, vid: int) -> dict:
         keys = ("model", "number", "content_id", "message", "author", "created", "format", "size", "stored",
                 "params", "n_tensors", "dtype")
         doc = dict(zip(keys, row))
-        doc["parents"] = [list(r) for r in db.execute(
-            "SELECT m.name, v.content_id FROM lineage l JOIN versions v ON v.id = l.parent "
-            "JOIN models m ON m.id = v.model_id WHERE l.child = ? ORDER BY v.id", (vid,))]
+        doc["parents"] = [[m, c, version_uid(c, created, author, message)] for m, c, created, author, message in
+                          db.execute("SELECT m.name, v.content_id, v.created, v.author, v.message FROM lineage l "
+                                     "JOIN versions v ON v.id = l.parent JOIN models m ON m.id = v.model_id "
+                                     "WHERE l.child = ? ORDER BY v.id", (vid,))]
         doc["attrs"] = [dict(zip(("key", "type", "num", "text", "set_at", "author"), r)) for r in db.execute(
             "SELECT k.name, a.type, a.num, a.text, a.set_at, a.author FROM attrs a JOIN attr_keys k ON k.id = a.key_id "
             "WHERE a.version_id = ? ORDER BY k.name", (vid,))]
@@ -75,20 +81,40 @@ def export_version(catalog: Catalog, vid: int) -> dict:
     return doc
 
 
-def find_version(catalog: Catalog, model: str, content_id: str) -> int | None:
-    """This store's version id of (model, content id), or None."""
-    row = catalog.db.execute("SELECT v.id FROM versions v JOIN models m ON m.id = v.model_id "
-                             "WHERE m.name = ? AND v.content_id = ? ORDER BY v.number LIMIT 1",
-                             (model, content_id)).fetchone()
-    return row[0] if row else None
+def version_uid(content_id: str, created: str | None, author: str | None, message: str | None) -> str:
+    """A version's store-independent identity (32 hex digits): the same on every store that
+    holds it, different for the same weights committed again (other time, author or message)."""
+    try:
+        when = created_iso(created) or ""
+    except InvalidInputError:
+        when = str(created)
+    key = json.dumps([content_id, when, author or "", message or ""], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def doc_uid(doc: dict) -> str:
+    """The uid of the version a (checked) sync document describes."""
+    return version_uid(doc["content_id"], doc.get("created"), doc.get("author"), doc.get("message"))
+
+
+def find_version(catalog: Catalog, model: str, content_id: str, uid: str | None = None) -> int | None:
+    """This store's version id of (model, uid) — or, without a uid, the first version of
+    (model, content id) — or None."""
+    rows = catalog.db.execute("SELECT v.id, v.created, v.author, v.message FROM versions v JOIN models m "
+                              "ON m.id = v.model_id WHERE m.name = ? AND v.content_id = ? ORDER BY v.number",
+                              (model, content_id)).fetchall()
+    for vid, created, author, message in rows:
+        if uid is None or version_uid(content_id, created, author, message) == uid:
+            return vid
+    return None
 
 
 def state(catalog: Catalog, model: str | None = None, ref: str | None = None) -> dict:
     """What a store holds, for a sync to plan with: versions (ancestors first) and tags.
 
     `ref`: that version and its ancestors; `model`: its versions and their ancestors;
-    neither: everything. {"versions": [{model, number, content_id, created, parents}],
-    "tags": [{model, tag, content_id}]}.
+    neither: everything. {"versions": [{model, number, content_id, uid, created, parents}],
+    "tags": [{model, tag, content_id, number, uid}]}.
     """
     db = catalog.db
     with catalog.snapshot():
@@ -110,10 +136,11 @@ def state(catalog: Catalog, model: str | None = None, ref: str | None = None) ->
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
             marks = ",".join("?" * len(chunk))
-            for vid, m, n, c, created in db.execute(
-                    "SELECT v.id, m.name, v.number, v.content_id, v.created FROM versions v "
+            for vid, m, n, c, created, author, message in db.execute(
+                    "SELECT v.id, m.name, v.number, v.content_id, v.created, v.author, v.message FROM versions v "
                     f"JOIN models m ON m.id = v.model_id WHERE v.id IN ({marks})", chunk):
-                rows[vid] = {"model": m, "number": n, "content_id": c, "created": created, "parents": []}
+                rows[vid] = {"model": m, "number": n, "content_id": c, "uid": version_uid(c, created, author, message),
+                             "created": created, "parents": []}
             for child, m, c in db.execute(
                     "SELECT l.child, m.name, v.content_id FROM lineage l JOIN versions v ON v.id = l.parent "
                     f"JOIN models m ON m.id = v.model_id WHERE l.child IN ({marks}) ORDER BY v.id", chunk):
@@ -127,8 +154,10 @@ def state(catalog: Catalog, model: str | None = None, ref: str | None = None) ->
         tags = []
         for start in range(0, len(models), 500):
             chunk = models[start:start + 500]
-            tags += [{"model": m, "tag": t, "content_id": c, "number": n} for m, t, c, n in db.execute(
-                "SELECT m.name, t.name, v.content_id, v.number FROM tags t JOIN models m ON m.id = t.model_id "
+            tags += [{"model": m, "tag": t, "content_id": c, "number": n, "uid": version_uid(c, vc, va, vm)}
+                     for m, t, c, n, vc, va, vm in db.execute(
+                "SELECT m.name, t.name, v.content_id, v.number, v.created, v.author, v.message FROM tags t "
+                "JOIN models m ON m.id = t.model_id "
                 f"JOIN versions v ON v.id = t.version_id WHERE m.name IN ({','.join('?' * len(chunk))}) "
                 "ORDER BY m.name, t.name", chunk)]
     return {"versions": versions, "tags": tags}
@@ -182,8 +211,9 @@ def check_doc(doc) -> str:
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise InvalidInputError(f"sync document: {k} must be a non-negative integer")
     for p in _list(doc, "parents"):
-        if not (isinstance(p, list) and len(p) == 2 and isinstance(p[1], str) and _CID.match(p[1])):
-            raise InvalidInputError("sync document: a parent is [model, content id]")
+        if not (isinstance(p, list) and len(p) in (2, 3) and isinstance(p[1], str) and _CID.match(p[1])
+                and (len(p) == 2 or (isinstance(p[2], str) and _CID.match(p[2])))):
+            raise InvalidInputError("sync document: a parent is [model, content id, uid]")
         check_model_name(p[0])
     for a in _list(doc, "attrs") + _list(doc, "attr_history"):
         check_meta_key(a.get("key"))
@@ -234,26 +264,25 @@ def import_version(catalog: Catalog, doc: dict, *, tensors=None, tag_updates=(),
     with catalog.transaction():
         row = db.execute("SELECT id FROM models WHERE name = ?", (model,)).fetchone()
         model_id = row[0] if row else None
-        vid = find_version(catalog, model, cid)
+        vid = find_version(catalog, model, cid, doc_uid(doc))
         created = vid is None
         if created:
             if tensors is None:
                 raise NotFoundError(f"{model} {cid[:12]} is not in this store: send its manifest and chunks first")
             if model_id is None:
                 model_id = db.execute("INSERT INTO models(name, created) VALUES(?, ?)", (model, now_iso())).lastrowid
-            (number,) = db.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE model_id = ?",
-                                   (model_id,)).fetchone()
+            number = next_number(db, model_id)  # never a number this store used before
             vid = db.execute(
                 "INSERT INTO versions(model_id, number, content_id, message, author, created, format, size, stored,"
                 " params, n_tensors, dtype) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
-                (model_id, number, cid, doc.get("message") or "", doc.get("author") or actor, doc["created"],
+                (model_id, number, cid, doc.get("message") or "", _author(doc, actor), doc["created"],
                  doc.get("format") or "", doc.get("size", 0), doc.get("stored", 0), doc.get("params", 0),
                  doc.get("n_tensors", 0), doc.get("dtype") or "")).lastrowid
             db.executemany("INSERT OR IGNORE INTO tensors(content_id, name, dtype, shape, nbytes) VALUES(?,?,?,?,?)",
                            [(cid, *t) for t in tensors])
         (number, vcreated) = db.execute("SELECT number, created FROM versions WHERE id = ?", (vid,)).fetchone()
-        for pm, pc in doc.get("parents") or []:
-            pid = find_version(catalog, pm, pc)
+        for pm, pc, *puid in doc.get("parents") or []:
+            pid = find_version(catalog, pm, pc, puid[0] if puid else None)
             if pid is not None and pid != vid:
                 db.execute("INSERT OR IGNORE INTO lineage(child, parent) VALUES(?, ?)", (vid, pid))
         _merge_attrs(catalog, vid, vcreated, doc, actor)
@@ -267,12 +296,18 @@ def import_version(catalog: Catalog, doc: dict, *, tensors=None, tag_updates=(),
     return {"ref": f"{model}@{number}", "created": created, "tags": [t for t in moved if t]}
 
 
+def _author(doc: dict, actor: str) -> str:
+    """The sender's author, kept verbatim (even empty) so the version's uid is the same here."""
+    author = doc.get("author")
+    return author if isinstance(author, str) else actor
+
+
 def _apply_tag(db, model_id, vid, model, cid, tu, actor, force) -> str | None:
     name, expect = tu["tag"], tu.get("expect")
-    row = db.execute("SELECT v.content_id FROM tags t JOIN versions v ON v.id = t.version_id "
+    row = db.execute("SELECT v.content_id, v.id FROM tags t JOIN versions v ON v.id = t.version_id "
                      "WHERE t.model_id = ? AND t.name = ?", (model_id, name)).fetchone()
     now = row[0] if row else None
-    if now == cid:
+    if row is not None and row[1] == vid:
         return None
     if not (force or tu.get("force")) and now != expect:
         raise TagConflictError(

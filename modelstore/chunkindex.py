@@ -67,8 +67,9 @@ def _acquire_env(path: Path, readonly: bool):
             hit[1] += 1
             return hit[0], hit[2]
         try:
+            # Read-only: no lock file either (it may sit on a read-only filesystem).
             env = lmdb.open(key, map_size=_MAP_SIZE, max_dbs=8, subdir=True, readonly=readonly,
-                            readahead=False, create=not readonly, lock=True)
+                            readahead=False, create=not readonly, lock=not readonly)
             with env.begin(write=not readonly) as txn:
                 dbs = {name: env.open_db(name.encode(), txn=txn, create=not readonly)
                        for name in ("chunks", "stats", "manifests")}

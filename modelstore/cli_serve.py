@@ -33,6 +33,29 @@ def parse_bytes(text: str) -> int:
     return int(value * _UNITS[unit])
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse, as one line, an address this server cannot listen on (port in use, unknown
+    host, no permission) before announcing it; uvicorn would log and exit 3 instead."""
+    import socket
+
+    from modelstore.errors import InvalidInputError
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise InvalidInputError(f"cannot serve on host {host[:80]!r}: {getattr(e, 'strerror', None) or e}") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            sock.bind(addr)
+        except OSError as e:
+            import errno
+
+            why = "is already in use" if e.errno == errno.EADDRINUSE else f"cannot be bound: {e.strerror}"
+            raise InvalidInputError(f"port {port} on {host} {why} (choose another with --port)") from None
+
+
 def _tokens_from_env(name: str) -> list[str]:
     return [t.strip() for t in os.environ.get(name, "").split(",") if t.strip()]
 
@@ -66,6 +89,7 @@ def register(app: typer.Typer) -> None:
 
         Store.open(root).close()  # a missing or unreadable store fails here, as one line
 
+        check_port(host, port)
         import uvicorn
 
         from modelstore.server.app import create_app

@@ -251,7 +251,8 @@ def import_version(store, manifest_json: bytes | None, doc: dict, *, tag_updates
                 raise MissingChunksError(f"{len(missing)} chunks of {doc['model']}@{content_id[:12]} are not here;"
                                          " re-run the push or pull to send them")
             if not graph_blobs.has_graph(store, gid) and \
-                    catalog_sync.find_version(store.catalog, doc["model"], content_id) is None:
+                    catalog_sync.find_version(store.catalog, doc["model"], content_id,
+                                              catalog_sync.doc_uid(doc)) is None:
                 raise MissingGraphError(f"graph {gid} of {doc['model']}@{content_id[:12]} was not sent; re-run the "
                                         "push or pull to send it")
             store.index.commit_version({}, {}, m.content_id, m.to_json())

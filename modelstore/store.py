@@ -11,7 +11,7 @@ from pathlib import Path
 from modelstore import config as cfg
 from modelstore.catalog import Catalog, VersionInfo
 from modelstore.chunkindex import ChunkIndex
-from modelstore.errors import FormatError, NotFoundError
+from modelstore.errors import FormatError, NotFoundError, ReadOnlyError
 from modelstore.manifest import Manifest
 from modelstore.packs import PackReader
 
@@ -21,9 +21,16 @@ class Store:
         self.root = Path(root)
         self.layout = cfg.Layout(self.root)
         self.config = cfg.read(self.root)
-        self.index = ChunkIndex(self.layout.index)
+        # A store we cannot write (read-only filesystem or permissions) is still readable.
+        self.readonly = not all(os.access(p, os.W_OK) for p in (self.root, self.layout.index, self.layout.catalog)
+                                if p.exists())
+        self.index = ChunkIndex(self.layout.index, readonly=self.readonly)
         self.packs = PackReader(self.layout.packs)
-        self.catalog = Catalog(self.layout.catalog)
+        self.catalog = Catalog(self.layout.catalog, readonly=self.readonly)
+
+    def _writable(self) -> None:
+        if self.readonly:
+            raise ReadOnlyError(f"the store at {self.root} is read-only (no write permission or a read-only filesystem)")
 
     # -- lifecycle -------------------------------------------------------------------
     @classmethod
@@ -59,6 +66,7 @@ class Store:
         flops, mem_infer, cpu_ghz_min (docs/HARDWARE.md; `meta` keys latency_budget_s and
         ops_per_cycle set the CPU assumptions); `params` and `size` are built-ins.
         """
+        self._writable()
         from modelstore.commit import commit
         from modelstore.graph_store import prepare_commit
         from modelstore.locking import store_lock
@@ -149,6 +157,7 @@ class Store:
 
     def delete(self, ref: str) -> VersionInfo:
         """Delete a version from the catalog (its weights go at the next `gc`, unless shared)."""
+        self._writable()
         info = self.resolve(ref)
         self.catalog.delete_version(info.id)
         return info
@@ -168,11 +177,13 @@ class Store:
 
     def set_meta(self, ref: str, values: dict, *, author: str | None = None) -> VersionInfo:
         """Set typed metadata (content id unchanged; replaced values kept in the history)."""
+        self._writable()
         from modelstore import annotate
 
         return annotate.set_meta(self.catalog, ref, values, author=author)
 
     def unset_meta(self, ref: str, keys: list[str], *, author: str | None = None) -> VersionInfo:
+        self._writable()
         from modelstore import annotate
 
         return annotate.unset_meta(self.catalog, ref, keys, author=author)
@@ -184,6 +195,7 @@ class Store:
 
     def add_metrics(self, ref: str, dataset: str, values, *, author: str | None = None) -> VersionInfo:
         """Record metrics on a validation dataset ({name: value} or ["name=value", ...])."""
+        self._writable()
         from modelstore import annotate
 
         return annotate.add_metrics(self.catalog, ref, dataset, values, author=author)
@@ -195,6 +207,7 @@ class Store:
 
     def tag(self, ref: str, name: str, *, delete: bool = False, author: str | None = None) -> dict:
         """Point MODEL@NAME at a version (moving it), or delete the tag."""
+        self._writable()
         from modelstore import annotate
 
         if delete:
@@ -207,6 +220,7 @@ class Store:
         return annotate.tags(self.catalog, model)
 
     def comment(self, ref: str, text: str, *, author: str | None = None) -> dict:
+        self._writable()
         from modelstore import annotate
 
         return annotate.comment(self.catalog, ref, text, author=author)
@@ -229,6 +243,7 @@ class Store:
         return fsck(self, verify_data=verify_data)
 
     def gc(self) -> dict:
+        self._writable()
         from modelstore.gc import gc
 
         return gc(self)

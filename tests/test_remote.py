@@ -555,3 +555,48 @@ def test_record_segments_send_pack_bytes_equal_to_the_re_encoded_records(tmp_pat
             assert got == b"".join(bytes(p) for p in parts) and len(got) == length
             ranges = sum(isinstance(s, FileRange) for s in segments)
             assert ranges < (len(ids) / 4 if has_bases else len(ids)), ranges  # adjacent records merge
+
+
+def test_same_weights_committed_twice_stay_two_versions_through_push_and_pull(tmp_path):
+    """Identity across stores is (model, uid), not (model, content id): a re-commit of the same
+    weights keeps its own message, metrics, meta and tag; re-runs add nothing; annotations
+    made on the other side merge into the right one of the two."""
+    sd = transformer(n_layers=2, d_model=64, vocab=128)
+    a_dir, b_dir, srv_dir = tmp_path / "a", tmp_path / "b", tmp_path / "srv"
+    Store.init(srv_dir).close()
+    with Store.init(a_dir) as a:
+        a.commit(sd, model="m", message="first")
+        a.commit(sd, model="m", message="re-evaluated", meta={"note": "again"}, metrics=[("val", "acc", 0.7)])
+        a.commit(finetune(sd, [0]), model="m", message="third")
+        a.tag("m@2", "best")
+        want = [(v.ref, v.message, v.content_id, v.parents) for v in a.log("m")]
+    assert want[0][2] == want[1][2]
+    env = {"MODELSTORE_TOKEN": TOKEN}
+    with serve(srv_dir) as url:
+        from modelstore.remote import remotes, sync
+
+        remotes.add(a_dir, "origin", url)
+        first = _sync("push", a_dir, "origin", env=env)
+        assert [v["remote_ref"] for v in first["versions_sent"]] == ["m@1", "m@2", "m@3"]
+        again = _sync("push", a_dir, "origin", env=env)
+        assert again["versions_sent"] == [] and again["versions_merged"] == 3
+        sync.clone(url, b_dir)
+        for root in (srv_dir, b_dir):
+            with Store.open(root) as s:
+                assert [(v.ref, v.message, v.content_id, v.parents) for v in s.log("m")] == want
+                v2 = s.resolve("m@2")
+                assert v2.metrics == {"val": {"acc": 0.7}} and v2.meta.get("note") == "again"
+                assert s.resolve("m@1").metrics == {} and "note" not in s.resolve("m@1").meta
+                assert s.resolve("m@best").number == 2
+        # an annotation of the server's m@1 comes back to a's m@1, not to m@2
+        with Store.open(srv_dir) as s:
+            s.add_metrics("m@1", "val", {"acc": 0.5})
+        pulled = _sync("pull", a_dir, "origin")
+        assert pulled["versions_received"] == [] and pulled["versions_merged"] == 3
+        with Store.open(a_dir) as a:
+            assert len(a.log("m")) == 3
+            assert a.resolve("m@1").metrics == {"val": {"acc": 0.5}}
+            assert a.resolve("m@2").metrics == {"val": {"acc": 0.7}}
+        assert _sync("pull", b_dir, "origin")["versions_received"] == []
+        with Store.open(b_dir) as b:
+            assert len(b.log("m")) == 3

@@ -302,6 +302,56 @@ def test_auth(root, tmp_path):
                      403, "forbidden")
 
 
+def test_writes_are_checked_before_their_body(root):
+    """Auth and the body cap run before a byte of the body is read (app.GuardMiddleware)."""
+    before = state(root)
+    with TestClient(create_app(root, token="rw-secret")) as c:
+        bad = {"Content-Type": "application/json"}
+        assert_error(c.post("/api/versions/plain/comments", content=b"{not json", headers=bad), 401, "unauthorized")
+        assert_error(c.post("/api/versions/plain/comments", content=b"{not json",
+                            headers={**bad, "Authorization": "Bearer ro"}), 401, "unauthorized")
+        rw = {**bad, "Authorization": "Bearer rw-secret"}
+        assert_error(c.post("/api/versions/plain/comments", content=b"{not json", headers=rw), 422, "invalid_input")
+        big = b'{"text": "' + b"x" * (2 << 20) + b'"}'
+        assert_error(c.post("/api/versions/plain/comments", content=big, headers=rw), 413, "too_large")
+        assert_error(c.post("/api/versions/plain/comments", content=iter([big[:1000], big[1000:]]), headers=rw),
+                     413, "too_large")                                                     # chunked, while streaming
+        assert_error(c.post("/login", content=iter([b"token=" + b"x" * 20000])), 413, "too_large")
+        assert_error(c.post("/login", content=b"token=x", headers={"Content-Length": "10000000000"}),
+                     413, "too_large")
+        assert state(root) == before
+        for scheme in ("bearer", "BEARER", "Bearer"):
+            r = c.post("/api/versions/plain/comments", json={"text": scheme},
+                       headers={"Authorization": f"{scheme} rw-secret"})
+            assert r.status_code == 201, r.text
+
+
+def test_upload_any_reader_format_and_no_server_paths_in_errors(client, root, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [w])
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    for params in ({}, {"format": "onnx"}):  # sniffed, or named
+        r = _upload(client, "onnx-up", data, **params)
+        assert r.status_code == 201 and r.json()["format"] == "onnx", r.text
+    src = tmp_path / "x.safetensors"
+    save_file(_tensors(3), str(src))
+    for body, params in ((src.read_bytes()[:-8], {}), (b"not a model", {}), (b"not a model", {"format": "gguf"})):
+        r = _upload(client, "m", body, **params)
+        assert_error(r, 400, "invalid_input")
+        assert str(root) not in r.text and "upload-" not in r.text, r.text
+    assert os.listdir(root / "tmp") == []
+
+
+def test_query_returns_every_match_unless_limited(client):
+    assert len(client.get("/api/query", params={"q": 'task = "cls"'}).json()) == 2
+    assert len(client.get("/api/query", params={"q": 'task = "cls"', "limit": 1}).json()) == 1
+
+
 # -- a real server ---------------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -386,3 +436,15 @@ def test_serve_refuses_private_without_token(root):
 
     proc = run_cli("serve", "--private", store=root, env={"MODELSTORE_SERVER_TOKEN": "", "MODELSTORE_SERVER_READ_TOKEN": ""})
     assert_one_line_error(proc, 1, "--private needs a token")
+
+
+def test_check_port_refuses_a_busy_port():
+    from modelstore.cli_serve import check_port
+    from modelstore.errors import InvalidInputError
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        with pytest.raises(InvalidInputError, match="already in use"):
+            check_port("127.0.0.1", busy.getsockname()[1])
+    check_port("127.0.0.1", _free_port())

@@ -1,6 +1,7 @@
 """push, pull, fetch and clone: which versions travel, with their annotations and tags.
 
-A version is identified across stores by (model, content id). Versions travel with their
+A version is identified across stores by (model, uid) (catalog_sync.version_uid: the same
+weights committed twice are two versions). Versions travel with their
 ancestors (so lineage is whole on both sides), ancestors first; one already on the other
 side is not sent again, only its annotations are merged. Tags: each remote remembers what
 its tags pointed at after the last push/pull (remotes.tracked_tags); a tag that moved on
@@ -74,9 +75,22 @@ def _plan_tags(mine: dict, theirs: dict, base: dict, keys, force: bool, here: st
     return out
 
 
-def _tag_updates(plan: dict, model: str, content_id: str, pointing: dict) -> list[dict]:
+def _tag_uids(state: dict) -> dict[str, str | None]:
+    return {f"{t['model']}@{t['tag']}": t.get("uid") for t in state["tags"]}
+
+
+def _vkey(v: dict) -> tuple:
+    """A version's identity in a state listing: (model, uid), or (model, content id) from an
+    older peer that lists no uids."""
+    return (v["model"], v.get("uid") or v["content_id"])
+
+
+def _tag_updates(plan: dict, v: dict, pointing: dict, pointing_uid: dict) -> list[dict]:
+    """The planned tag moves that land on version `v` (a state entry): those whose tag points
+    at exactly that version on the sending side."""
     return [{"tag": key.split("@", 1)[1], "expect": None if exp == "*" else exp, "force": exp == "*"}
-            for key, exp in plan.items() if key.split("@", 1)[0] == model and pointing[key] == content_id]
+            for key, exp in plan.items() if key.split("@", 1)[0] == v["model"] and pointing[key] == v["content_id"]
+            and (pointing_uid.get(key) is None or v.get("uid") is None or pointing_uid[key] == v["uid"])]
 
 
 def _summary(name: str, client: Client, t0: float, **kw) -> dict:
@@ -94,7 +108,7 @@ def push(store, name: str, target: str | None = None, *, force: bool = False, pr
     local = catalog_sync.state(store.catalog, model=target if is_model else None,
                                ref=None if is_model or target is None else target)
     theirs = _remote_state(client, models={v["model"] for v in local["versions"]})
-    there = {(v["model"], v["content_id"]) for v in theirs["versions"]}
+    there = {_vkey(v) for v in theirs["versions"]}
     mine_tags = _tags(local)
     chosen = {(v["model"], v["content_id"]) for v in local["versions"]}
     keys = [k for k, c in mine_tags.items() if (k.split("@", 1)[0], c) in chosen]
@@ -102,13 +116,13 @@ def push(store, name: str, target: str | None = None, *, force: bool = False, pr
                       f"re-run with --force to overwrite {name}'s tag, or `modelstore pull {name} --force` to take it")
     sent, merged, tags_moved = [], 0, []
     total = Stats()
+    mine_uids = _tag_uids(local)
     for v in local["versions"]:
-        key = (v["model"], v["content_id"])
-        vid = catalog_sync.find_version(store.catalog, *key)
+        vid = catalog_sync.find_version(store.catalog, v["model"], v["content_id"], v["uid"])
         doc = catalog_sync.export_version(store.catalog, vid)
         gid = graph_blobs.graph_id_of_doc(doc)
-        body = {"version": doc, "manifest": None, "tags": _tag_updates(plan, *key, mine_tags)}
-        if key not in there:
+        body = {"version": doc, "manifest": None, "tags": _tag_updates(plan, v, mine_tags, mine_uids)}
+        if (v["model"], v["uid"]) not in there and (v["model"], v["content_id"]) not in there:
             m = store.manifest(doc["content_id"])
             body["manifest"] = m.to_json().decode()
             body["graphs"] = graph_blobs.export(store, gid)
@@ -179,7 +193,7 @@ def pull(store, name: str, target: str | None = None, *, force: bool = False, pr
     theirs = _remote_state(client, ref=ref, model=target if ref is None else None)
     models = {v["model"] for v in theirs["versions"]}
     mine_tags = _local_tags(store, models)
-    their_tags = _tags(theirs)
+    their_tags, their_uids = _tags(theirs), _tag_uids(theirs)
     chosen = {(v["model"], v["content_id"]) for v in theirs["versions"]}
     keys = [k for k, c in their_tags.items() if (k.split("@", 1)[0], c) in chosen]
     plan = _plan_tags(their_tags, mine_tags, remotes.tracked_tags(store.root, name), keys, force, name, "here",
@@ -188,13 +202,12 @@ def pull(store, name: str, target: str | None = None, *, force: bool = False, pr
     total = Stats()
     actor = current_user()
     for v in theirs["versions"]:
-        key = (v["model"], v["content_id"])
-        here = catalog_sync.find_version(store.catalog, *key) is not None
+        here = catalog_sync.find_version(store.catalog, v["model"], v["content_id"], v.get("uid")) is not None
         path = f"/api/sync/versions/{v['content_id']}"
-        doc = client.get_json(path, model=v["model"], graphs=None if here else 1)
+        doc = client.get_json(path, model=v["model"], uid=v.get("uid"), graphs=None if here else 1)
         if here and not graph_blobs.has_graph(store, graph_blobs.graph_id_of_doc(doc["version"])):
-            doc = client.get_json(path, model=v["model"], graphs=1)  # heal a local store lacking it
-        updates = _tag_updates(plan, *key, their_tags)
+            doc = client.get_json(path, model=v["model"], uid=v.get("uid"), graphs=1)  # heal a local store lacking it
+        updates = _tag_updates(plan, v, their_tags, their_uids)
         if not here:
             manifest_json = doc["manifest"].encode()
             m = Manifest.from_json(manifest_json)
@@ -230,10 +243,10 @@ def fetch(store, name: str, model: str | None = None) -> dict:
     theirs = _remote_state(client, model=model)
     merged, remote_only = 0, []
     for v in theirs["versions"]:
-        if catalog_sync.find_version(store.catalog, v["model"], v["content_id"]) is None:
+        if catalog_sync.find_version(store.catalog, v["model"], v["content_id"], v.get("uid")) is None:
             remote_only.append({"remote_ref": f"{v['model']}@{v['number']}", "content_id": v["content_id"]})
             continue
-        doc = client.get_json(f"/api/sync/versions/{v['content_id']}", model=v["model"])
+        doc = client.get_json(f"/api/sync/versions/{v['content_id']}", model=v["model"], uid=v.get("uid"))
         import_version(store, None, doc["version"], actor=current_user())
         merged += 1
     mine = _local_tags(store, {v["model"] for v in theirs["versions"]})

@@ -68,7 +68,8 @@ def tags(model: Optional[str] = None, s=Depends(store)) -> list[dict]:
 
 @router.get("/query", dependencies=READ)
 def query(q: str = Query(..., description="A query (docs/QUERY.md)"),
-          limit: int = Query(1000, ge=0, le=MAX_QUERY_ROWS, description="At most this many versions"),
+          limit: Optional[int] = Query(None, ge=0, le=MAX_QUERY_ROWS,
+                                       description="At most this many versions (default: every match, like the CLI)"),
           s=Depends(store)) -> list[dict]:
     """Versions matching a query: the `query --json` list."""
     return jsonviews.query_rows(jsonviews.limited_query(s, q, limit).versions)
@@ -103,28 +104,34 @@ async def upload(request: Request, model: str, message: str = "",
                  parent: Optional[list[str]] = Query(None, description="parent REF (repeatable)"),
                  meta: Optional[list[str]] = Query(None, description="KEY=VALUE (repeatable)"),
                  metric: Optional[list[str]] = Query(None, description="DATASET:NAME=VALUE (repeatable)"),
-                 format: Optional[str] = Query(None, description="safetensors | npz | pt (default: sniffed)"),
+                 format: Optional[str] = Query(None, description="safetensors | npz | pt | onnx | gguf | h5 | "
+                                                                 "keras (default: sniffed)"),
                  who: Optional[str] = Depends(author)):
     """Commit the request body (a checkpoint file, streamed to disk) as the next version."""
     from modelstore.annotate import parse_metric_option
     from modelstore.catalog import check_model_name
     from modelstore.commit import check_meta
-    from modelstore.server.upload import SUFFIXES, receive_to_file
+    from modelstore.server.upload import UPLOAD_SUFFIXES, receive_to_file, scrub, settle_format
 
     check_model_name(model)
-    if format is not None and format not in SUFFIXES:
-        raise InvalidInputError(f"format {format[:40]!r}: use one of {', '.join(SUFFIXES)}")
+    if format is not None and format not in UPLOAD_SUFFIXES:
+        raise InvalidInputError(f"format {format[:40]!r}: use one of {', '.join(UPLOAD_SUFFIXES)}")
     meta_kv = check_meta(_parse_kv(meta or [], "meta"))
     metrics = [parse_metric_option(m) for m in metric or []]
     stores = request.app.state.stores
     if parent:  # a bad parent fails before the body is read
         await run_in_threadpool(lambda: [stores.get().resolve(p) for p in parent])
-    path = await receive_to_file(request, stores.root / "tmp", request.app.state.config.max_upload_bytes, format)
+    received = path = await receive_to_file(request, stores.root / "tmp", request.app.state.config.max_upload_bytes,
+                                            format)
     try:
+        path = await run_in_threadpool(settle_format, received, format)
         info = await run_in_threadpool(
             lambda: stores.get().commit(path, model=model, message=message, meta=meta_kv, parent=parent or None,
                                         author=who, metrics=metrics))
+    except Exception as e:
+        raise scrub(e, received, path, received.with_suffix(".onnx"), stores.root / "tmp") from None
     finally:
+        received.unlink(missing_ok=True)
         path.unlink(missing_ok=True)
     return JSONResponse(jsonviews.version(info), status_code=201)
 

@@ -44,15 +44,31 @@ class ServerConfig:
         self.private = private              # reads need a token too
 
     def access(self, authorization: str | None) -> str | None:
-        """'write', 'read' or None for an Authorization header value."""
-        if not authorization or not authorization.startswith("Bearer "):
+        """'write', 'read' or None for an Authorization header value (the scheme "Bearer" in
+        any case, as RFC 7235 allows)."""
+        scheme, _, rest = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not rest.strip():
             return None
-        given = authorization[len("Bearer "):].strip().encode()
+        given = rest.strip().encode()
         if self.token and hmac.compare_digest(given, self.token.encode()):
             return "write"
         if any(hmac.compare_digest(given, t.encode()) for t in self.read_tokens):
             return "read"
         return None
+
+    def denial(self, authorization: str | None, cookie: str | None, need: str) -> tuple[int, str] | None:
+        """None when a request with these credentials may `need` ('read' or 'write'), else the
+        (401 or 403, message) to refuse it with. The login cookie only ever reads."""
+        got = self.access(authorization)
+        if got is None and need == "read":
+            got = self.cookie_access(cookie)
+        if need == "read" and (not self.private or got in ("read", "write")):
+            return None
+        if need == "write" and (self.token is None and not self.private or got == "write"):
+            return None
+        if got is None:
+            return 401, "a valid token is required: send 'Authorization: Bearer <token>'"
+        return 403, "this token may only read"
 
     def session_value(self, token: str) -> str:
         """The login cookie of a token: an HMAC of it, so the cookie is never a token itself
@@ -135,6 +151,60 @@ _HTTP_KINDS = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "me
                413: "too_large", 422: "invalid_input"}
 
 
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+MAX_BODY = 1 << 20  # bytes of a JSON annotation body or a login form
+_READING_POSTS = ("/api/sync/bases", "/api/sync/records")  # POSTs that only read
+
+
+def _has_own_limit(method: str, path: str) -> bool:
+    """Uploads and sync stream large bodies to disk under their own limits."""
+    return path.startswith("/api/sync/") or (
+        method == "POST" and path.startswith("/api/models/") and path.rstrip("/").endswith("/versions"))
+
+
+class GuardMiddleware:
+    """Pure ASGI, so it runs before any body byte is read: a write under /api/ without the
+    right token is refused (401/403), and a body over MAX_BODY on a route without its own
+    limit is refused from Content-Length, or as soon as the stream passes it (413)."""
+
+    def __init__(self, app, config: ServerConfig, max_body: int = MAX_BODY):
+        self.app, self.config, self.max_body = app, config, max_body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in WRITE_METHODS:
+            return await self.app(scope, receive, send)
+        from starlette.datastructures import Headers
+        from starlette.requests import cookie_parser
+
+        method, path, headers = scope["method"], scope["path"], Headers(scope=scope)
+        if path.startswith("/api/"):
+            cookie = cookie_parser(headers.get("cookie", "")).get(SESSION_COOKIE)
+            refused = self.config.denial(headers.get("authorization"), cookie,
+                                         "read" if path in _READING_POSTS else "write")
+            if refused is not None:
+                status, message = refused
+                extra = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+                return await error_response(status, _HTTP_KINDS[status], message, extra)(scope, receive, send)
+        if _has_own_limit(method, path):
+            return await self.app(scope, receive, send)
+        limit, declared = self.max_body, headers.get("content-length", "").strip()
+        if declared.isdigit() and int(declared) > limit:
+            return await error_response(413, "too_large", f"a request body here is at most {limit} bytes, "
+                                                          f"not {declared}")(scope, receive, send)
+        got = 0
+
+        async def capped():
+            nonlocal got
+            message = await receive()
+            if message["type"] == "http.request":
+                got += len(message.get("body", b""))
+                if got > limit:
+                    raise StarletteHTTPException(413, f"a request body here is at most {limit} bytes")
+            return message
+
+        return await self.app(scope, capped, send)
+
+
 def create_app(root: str | os.PathLike, *, token: str | None = None, read_tokens=(),
                private: bool = False, max_upload_bytes: int | None = None) -> FastAPI:
     """The app serving the store at `root` (which must exist); uploads up to `max_upload_bytes`
@@ -153,6 +223,7 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, read_tokens
     app.state.config = ServerConfig(root, token=token, read_tokens=tuple(read_tokens), private=private,
                                     max_upload_bytes=max_upload_bytes)
     app.state.stores = StoreHandles(root)
+    app.add_middleware(GuardMiddleware, config=app.state.config)
 
     @app.exception_handler(ModelstoreError)
     async def _ms_error(request: Request, exc: ModelstoreError):

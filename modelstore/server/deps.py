@@ -14,18 +14,12 @@ def store(request: Request):
 
 
 def _deny(request: Request, need: str) -> None:
-    cfg = request.app.state.config
-    got = cfg.access(request.headers.get("authorization"))
-    if got is None and need == "read":  # the dashboard's login cookie reads; writes need the header
-        got = cfg.cookie_access(request.cookies.get(SESSION_COOKIE))
-    if need == "read" and (not cfg.private or got in ("read", "write")):
+    refused = request.app.state.config.denial(request.headers.get("authorization"),
+                                              request.cookies.get(SESSION_COOKIE), need)
+    if refused is None:
         return
-    if need == "write" and (cfg.token is None and not cfg.private or got == "write"):
-        return
-    if got is None:
-        raise HTTPException(401, "a valid token is required: send 'Authorization: Bearer <token>'",
-                            headers={"WWW-Authenticate": "Bearer"})
-    raise HTTPException(403, "this token may only read")
+    status, message = refused
+    raise HTTPException(status, message, headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
 
 
 def can_read(request: Request) -> None:

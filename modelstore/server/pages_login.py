@@ -74,6 +74,20 @@ def _same_origin(request: Request) -> bool:
     return urlsplit(origin).netloc == request.headers.get("host", "")
 
 
+async def _read_form(request: Request) -> bytes | None:
+    """The form's bytes, or None as soon as it is known to be over MAX_FORM (from
+    Content-Length, or while streaming): never more than MAX_FORM bytes in memory."""
+    declared = request.headers.get("content-length", "").strip()
+    if declared.isdigit() and int(declared) > MAX_FORM:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM:
+            return None
+    return bytes(body)
+
+
 @router.post("/login")
 async def login(request: Request) -> Response:
     """Form post `token=...&next=...`. A browser gets a 303 to `next` with the cookie (or the
@@ -81,8 +95,8 @@ async def login(request: Request) -> Response:
     {"access", "next"} and keeps a write token in localStorage."""
     cfg = request.app.state.config
     wants_json = "application/json" in request.headers.get("accept", "")
-    body = await request.body()
-    if len(body) > MAX_FORM:
+    body = await _read_form(request)
+    if body is None:
         return error_response(413, "too_large", f"a login form is at most {MAX_FORM} bytes")
     form = parse_qs(body.decode("utf-8", errors="replace"), max_num_fields=10)
     token = (form.get("token") or [""])[0].strip()

@@ -134,16 +134,18 @@ async def sync_import(request: Request):
 
 
 @router.get("/versions/{content_id}", dependencies=[Depends(deps.can_read)])
-def sync_export(request: Request, content_id: str, model: str, graphs: bool = False):
-    """The catalog document and manifest of (model, content id); with `graphs`, also the
-    graph blob the version names (remote/graph_blobs.py)."""
+def sync_export(request: Request, content_id: str, model: str, uid: str | None = None, graphs: bool = False):
+    """The catalog document and manifest of (model, content id) — the version `uid` of those
+    when given (the same weights may be committed twice); with `graphs`, also the graph blob
+    the version names (remote/graph_blobs.py)."""
     from modelstore.catalog_sync import export_version, find_version
     from modelstore.remote import graph_blobs
 
     s = _store(request)
-    vid = find_version(s.catalog, model, content_id.lower())
+    vid = find_version(s.catalog, model, content_id.lower(), uid.lower() if uid else None)
     if vid is None:
-        raise NotFoundError(f"no version {content_id[:40]!r} of model {model[:80]!r} here")
+        raise NotFoundError(f"no version {content_id[:40]!r} of model {model[:80]!r} here"
+                            + (f" with uid {uid[:40]!r}" if uid else ""))
     doc = export_version(s.catalog, vid)
     raw = s.index.get_manifest_bytes(bytes.fromhex(doc["content_id"]))
     if raw is None:
