@@ -45,6 +45,9 @@ class _DuplicateKey(Exception):
     pass
 
 
+MAX_DIMS = 64
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in pairs:
@@ -112,6 +115,8 @@ def parse_header(header: Any, data_size: int, where: str) -> tuple[list[tuple[st
             raise InvalidInputError(
                 f"{where}: tensor {name!r} has shape {json.dumps(shape)[:200]}; expected a list of non-negative integers"
             )
+        if len(shape) > MAX_DIMS:  # numpy's (and torch's) limit: such a tensor could never be loaded
+            raise InvalidInputError(f"{where}: tensor {name!r} has {len(shape)} dimensions; at most {MAX_DIMS} are supported")
         offs = info["data_offsets"]
         if not (isinstance(offs, list) and len(offs) == 2 and all(_is_int(o) for o in offs)):
             raise InvalidInputError(
