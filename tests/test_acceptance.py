@@ -488,9 +488,6 @@ def _dir_bytes(d: Path) -> int:
     return sum(p.stat().st_size for p in d.glob("*") if p.is_file())
 
 
-@pytest.mark.xfail(strict=True, reason="bug: after a commit killed mid-way, fsck reports '0 unreferenced chunks "
-                                       "(0 B)' while gc then frees the orphaned pack bytes: fsck does not see "
-                                       "pack space no index entry points at (fsck.py)")
 def test_fsck_reports_what_a_killed_commit_left_behind(tmp_path):
     rng = np.random.default_rng(9)
     save_file({f"l{i}": rng.standard_normal((1024, 1024)).astype(np.float32) for i in range(32)},
@@ -512,7 +509,8 @@ def test_fsck_reports_what_a_killed_commit_left_behind(tmp_path):
     report = cli_json("fsck", store=store)
     freed = cli_json("gc", store=store)["bytes_freed"]
     assert freed > 0  # the kill did leave orphaned pack bytes
-    assert report["unreferenced_bytes"] > 0, report
+    assert report["unreferenced_bytes"] > 0 and report["orphan_pack_bytes"] > 0, report
+    assert cli_json("fsck", store=store)["orphan_pack_bytes"] == 0  # gc took them
 
 
 def _first_response_line(url: str, head: bytes, wait: float = 3.0) -> bytes:
