@@ -177,6 +177,7 @@ def show(
     from rich.table import Table
     from rich.text import Text
 
+    _refuse_ambiguous(ref)
     if Path(ref).exists() and not _looks_like_ref_in_store(ref):
         doc = _show_file(Path(ref))
     else:
@@ -215,6 +216,23 @@ def show(
 
 def _looks_like_ref_in_store(ref: str) -> bool:
     return "@" in ref and not Path(ref).suffix
+
+
+def _refuse_ambiguous(arg: str) -> None:
+    """Like git: a bare word naming both a path here and a model in the store is refused,
+    rather than silently reading the path."""
+    from modelstore.diff_inputs import _looks_like_path
+    from modelstore.errors import InvalidInputError, ModelstoreError
+
+    if "@" in arg or not os.path.exists(arg) or _looks_like_path(arg):
+        return
+    try:
+        with _open() as s:
+            s.resolve(arg)
+    except ModelstoreError:  # no store here, or no such model: the path it is
+        return
+    raise InvalidInputError(f"{arg!r} is ambiguous: both a path here and a model in the store; "
+                            f"write ./{arg} for the path or {arg}@latest for the model")
 
 
 def _show_file(path: Path) -> dict:
@@ -352,6 +370,8 @@ def diff(
         def progress(done: int, total: int) -> None:
             prog.update(task, completed=done, total=total)
 
+        _refuse_ambiguous(a)
+        _refuse_ambiguous(b)
         if needs_store(a, b):
             with _open() as s:
                 d = s.diff(a, b, progress=progress, **opts)

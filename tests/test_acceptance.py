@@ -541,10 +541,6 @@ def test_huge_bodies_are_refused_from_content_length(server):
     assert b" 413 " in comment + b" ", comment
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a folder or file in the working directory named like a model silently "
-                                       "wins over the REF: `show yolo-s` / `diff yolo-s@1 yolo-s` read ./yolo-s "
-                                       "instead of the store's model, with no ambiguity error (diff_inputs.py REF "
-                                       "vs path resolution)")
 def test_a_local_folder_does_not_shadow_a_model_name(shop, files, tmp_path):
     (tmp_path / "yolo-s").mkdir()
     shutil.copy(files / "all.safetensors", tmp_path / "yolo-s" / "model.safetensors")
@@ -553,3 +549,11 @@ def test_a_local_folder_does_not_shadow_a_model_name(shop, files, tmp_path):
         assert_one_line_error(proc, 1, "ambiguous")
         return
     assert json.loads(proc.stdout).get("ref") == "yolo-s@2", proc.stdout[:300]
+
+
+def test_a_local_path_written_as_one_or_the_model_at_latest_resolve(shop, files, tmp_path):
+    (tmp_path / "yolo-s").mkdir()
+    shutil.copy(files / "all.safetensors", tmp_path / "yolo-s" / "model.safetensors")
+    assert json.loads(run_cli("show", "./yolo-s", "--json", store=shop, cwd=tmp_path, check=0).stdout)["path"]
+    assert json.loads(run_cli("show", "yolo-s@latest", "--json", store=shop, cwd=tmp_path,
+                              check=0).stdout)["ref"] == "yolo-s@2"
