@@ -28,18 +28,16 @@ from modelstore.catalog import (
     now_iso,
 )
 from modelstore.catalog_schema import next_number
-from modelstore.errors import InvalidInputError, ModelstoreError, NotFoundError
+from modelstore.errors import (  # noqa: F401
+    InvalidInputError,
+    ModelstoreError,
+    NotFoundError,
+    TagConflictError,
+)
 
 _CID = re.compile(r"^[0-9a-f]{32}$")
 _TYPES = frozenset("sifbt")
 MAX_TEXT = 100_000
-
-
-class TagConflictError(ModelstoreError):
-    """A tag moved on both sides since the last sync."""
-
-    kind = "tag_conflict"
-    http_status = 409
 
 
 # -- export --------------------------------------------------------------------------------

@@ -8,7 +8,9 @@
     ├── ReadOnlyError
     ├── IntegrityError              stored bytes do not match their hash (exit 3)
     ├── FormatError                 a store or record this version cannot read (exit 3)
-    └── InternalError               a bug (exit 4)
+    ├── InternalError               a bug (exit 4)
+    └── sync: ForgedChunkError (an IntegrityError, 400), MissingChunksError and
+        MissingGraphError (InvalidInputError, 409), TagConflictError (409)
 
 The CLI turns any ModelstoreError into one line on stderr and `exit_code`; the HTTP
 server maps `kind` to `http_status`.
@@ -69,6 +71,34 @@ class InternalError(ModelstoreError):
     http_status = 500
 
 
+# -- sync (push/pull between stores) --------------------------------------------------------
+class ForgedChunkError(IntegrityError):
+    """A received record does not decode to bytes hashing to its id: refused (sender's fault)."""
+
+    http_status = 400
+
+
+class MissingChunksError(InvalidInputError):
+    """A version was offered before all of its chunks arrived."""
+
+    kind = "missing_chunks"
+    http_status = 409
+
+
+class MissingGraphError(InvalidInputError):
+    """A new version names a graph blob that was not sent and is not here."""
+
+    kind = "missing_graph"
+    http_status = 409
+
+
+class TagConflictError(ModelstoreError):
+    """A tag moved on both sides since the last sync (refused unless --force)."""
+
+    kind = "tag_conflict"
+    http_status = 409
+
+
 ALL_ERRORS = (
     NotFoundError,
     AlreadyExistsError,
@@ -78,4 +108,8 @@ ALL_ERRORS = (
     IntegrityError,
     FormatError,
     InternalError,
+    ForgedChunkError,
+    MissingChunksError,
+    MissingGraphError,
+    TagConflictError,
 )

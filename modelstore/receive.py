@@ -16,33 +16,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 from modelstore import codecs, dtypes, hashing
 from modelstore.chunkindex import Entry
-from modelstore.errors import IntegrityError, InvalidInputError, ModelstoreError
+from modelstore.errors import (  # noqa: F401 - the sync errors are re-exported
+    ForgedChunkError,
+    InvalidInputError,
+    MissingChunksError,
+    MissingGraphError,
+    ModelstoreError,
+)
 from modelstore.locking import store_lock
 from modelstore.manifest import Manifest
 from modelstore.packs import NO_BASE, REC_HEADER, REC_MAGIC, PackWriter
 from modelstore.remote.wire import MAX_RECORD
 
 MAX_CHAIN = 32  # a received delta deeper than this on our side is stored plain
-
-
-class ForgedChunkError(IntegrityError):
-    """A received record does not decode to bytes hashing to its id: refused (client's fault)."""
-
-    http_status = 400
-
-
-class MissingChunksError(InvalidInputError):
-    """A version was offered before all of its chunks arrived."""
-
-    kind = "missing_chunks"
-    http_status = 409
-
-
-class MissingGraphError(InvalidInputError):
-    """A new version names a graph blob that was not sent and is not here."""
-
-    kind = "missing_graph"
-    http_status = 409
 
 
 class Receiver:
