@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -79,7 +80,14 @@ def assert_error(r, status: int, kind: str):
 def test_health_docs_and_openapi(client):
     assert client.get("/api/health").json() == {"ok": True, "version": __import__("modelstore").__version__,
                                                 "format_version": 1}
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    # served from this server, never a CDN: every asset the page loads is local and answers
+    assets = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", docs.text) + re.findall(r"url: '([^']+)'", docs.text)
+    assert assets and not [a for a in assets if "://" in a], assets
+    for a in assets:
+        if not a.startswith("data:"):
+            assert client.get(a).status_code == 200, a
     paths = client.get("/openapi.json").json()["paths"]
     for p in ("/api/models", "/api/query", "/api/diff", "/api/keys", "/api/versions/{ref}/download",
               "/api/models/{model}/versions"):

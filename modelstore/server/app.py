@@ -205,6 +205,29 @@ class GuardMiddleware:
         return await self.app(scope, capped, send)
 
 
+def _offline_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) with its script and stylesheet served from the swagger-ui-bundle
+    package, not a CDN, so the API docs work on a machine without internet."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    try:
+        import swagger_ui_bundle
+    except ImportError:  # FastAPI's default page (assets from a CDN)
+        swagger_ui_bundle = None
+    if swagger_ui_bundle is not None:
+        app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+        js, css = "/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css"
+    else:
+        js = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"
+        css = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="modelstore API",
+                                   swagger_js_url=js, swagger_css_url=css, swagger_favicon_url="data:,")
+
+
 def create_app(root: str | os.PathLike, *, token: str | None = None, read_tokens=(),
                private: bool = False, max_upload_bytes: int | None = None) -> FastAPI:
     """The app serving the store at `root` (which must exist); uploads up to `max_upload_bytes`
@@ -218,8 +241,9 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, read_tokens
         yield
         app.state.stores.close()
 
-    app = FastAPI(title="modelstore", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="modelstore", version=__version__, lifespan=lifespan, docs_url=None,
                   description="A database for model versions: browse, query, diff, push and pull.")
+    _offline_docs(app)
     app.state.config = ServerConfig(root, token=token, read_tokens=tuple(read_tokens), private=private,
                                     max_upload_bytes=max_upload_bytes)
     app.state.stores = StoreHandles(root)
