@@ -23,6 +23,7 @@ from modelstore.catalog import (
     check_dataset,
     check_meta_key,
     check_metric_name,
+    check_text,
     metric_value,
     now_iso,
     type_value,
@@ -253,14 +254,7 @@ def comment(catalog: Catalog, ref, text: str, *, author: str | None = None) -> d
     """Add a comment to a version: {"id", "ref", "author", "created", "text"}."""
     if not isinstance(text, str) or not text.strip():
         raise InvalidInputError("a comment needs some text")
-    if len(text) > MAX_COMMENT:
-        raise InvalidInputError(f"a comment is at most {MAX_COMMENT} characters (this one has {len(text)})")
-    if "\x00" in text:
-        raise InvalidInputError("a comment cannot contain a NUL character")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidInputError("a comment must be valid UTF-8 text") from None
+    check_text(text, "a comment", MAX_COMMENT)
     author = author or default_author()
     created = datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
     with catalog.transaction() as db:

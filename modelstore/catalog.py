@@ -72,6 +72,7 @@ from modelstore.catalog_values import (  # noqa: F401 - re-exported: the names m
     check_metric_name,
     check_metrics,
     check_model_name,
+    check_text,
     created_iso,
     iso_utc,
     metric_value,

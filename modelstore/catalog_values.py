@@ -150,16 +150,21 @@ def type_value(value) -> tuple[str, float | None, str | None]:  # one rule per t
     return ("s", None, text)
 
 
-def _check_text(text: str) -> tuple[str, None, str]:
-    if len(text) > MAX_META_VALUE:
-        raise InvalidInputError(f"metadata value is longer than {MAX_META_VALUE} characters")
+def check_text(text: str, what: str, limit: int) -> str:
+    """User text stored in the catalog (metadata values, comments): bounded, no NUL, UTF-8."""
+    if len(text) > limit:
+        raise InvalidInputError(f"{what} is longer than {limit} characters (this one has {len(text)})")
     if "\x00" in text:
-        raise InvalidInputError("metadata value contains a NUL character")
+        raise InvalidInputError(f"{what} contains a NUL character")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidInputError("metadata value is not valid UTF-8 text") from None
-    return ("s", None, text)
+        raise InvalidInputError(f"{what} is not valid UTF-8 text") from None
+    return text
+
+
+def _check_text(text: str) -> tuple[str, None, str]:
+    return ("s", None, check_text(text, "metadata value", MAX_META_VALUE))
 
 
 def typed(type_: str, num, text):
