@@ -65,16 +65,19 @@ def _emit_json(doc) -> None:
 
 
 def _size(n) -> str:
-    n = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
+    from modelstore.humanize import scaled
+
+    return scaled(n)
 
 
 def _progress(total: int, label: str):
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TransferSpeedColumn,
+    )
 
     prog = Progress(TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                     console=_console(stderr=True), transient=True, disable=not sys.stderr.isatty())

@@ -10,6 +10,7 @@ import math
 import re
 
 from modelstore.catalog import VersionInfo
+from modelstore.humanize import scaled
 
 # -- values ---------------------------------------------------------------------------------
 LOWER_IS_BETTER = re.compile(r"(^|[_.@-])(loss|err|error|latency|time|ms|size|params|stored|perplexity|ppl|"
@@ -39,25 +40,11 @@ def fmt(value) -> str:
 
 
 def human_bytes(n) -> str:
-    if n is None:
-        return "–"
-    n = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
+    return "–" if n is None else scaled(n, ("B", "kB", "MB", "GB", "TB"))
 
 
 def human_count(n) -> str:
-    if n is None:
-        return "–"
-    n = float(n)
-    for unit in ("", "K", "M", "B"):
-        if abs(n) < 1000 or unit == "B":
-            return f"{n:.0f}{unit}" if unit == "" else f"{n:.1f}{unit}"
-        n /= 1000
-    return f"{n:.1f}B"
+    return "–" if n is None else scaled(n, ("", "K", "M", "B"), sep="")
 
 
 def sort_value(value) -> str:
