@@ -1,4 +1,5 @@
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +45,10 @@ def assert_one_line_error(proc, code=1, contains=None):
     assert len(err.splitlines()) == 1, err
     if contains:
         assert contains.lower() in err.lower(), err
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for a test server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

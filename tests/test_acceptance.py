@@ -29,7 +29,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import ROOT, assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, free_port, run_cli
 from safetensors.numpy import load_file, save_file
 
 WRITE, READ = "qa-write", "qa-read"
@@ -74,11 +74,6 @@ def raw_safetensors(src) -> tuple[dict[str, tuple[str, tuple, bytes]], dict]:
 def raw_of(arrays: dict[str, np.ndarray]) -> dict[str, tuple[tuple, bytes]]:
     return {k: (tuple(np.asarray(v).shape), np.ascontiguousarray(v).tobytes()) for k, v in arrays.items()}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

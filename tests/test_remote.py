@@ -5,7 +5,6 @@ without a write token are refused with nothing stored; tags moved on both sides 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import urllib.request
 from contextlib import contextmanager
 
 import pytest
-from conftest import ROOT, assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, free_port, run_cli
 
 from modelstore.packs import REC_HEADER
 from modelstore.remote.wire import record_header
@@ -23,11 +22,6 @@ from modelstore.testing.models import finetune, transformer
 
 TOKEN, READ_TOKEN = "w-secret", "r-secret"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(root, port, token=TOKEN, read_tokens=(READ_TOKEN,), env=None):
@@ -52,7 +46,7 @@ def _start(root, port, token=TOKEN, read_tokens=(READ_TOKEN,), env=None):
 
 @contextmanager
 def serve(root, token=TOKEN, read_tokens=(READ_TOKEN,)):
-    proc, url = _start(root, _free_port(), token, read_tokens)
+    proc, url = _start(root, free_port(), token, read_tokens)
     try:
         yield url
     finally:
@@ -237,7 +231,7 @@ def test_server_sigkilled_mid_batch_then_restarted_push_resumes(tmp_path, sd):
         a.commit(sd, model="m")
         total = len(a.manifest("m").chunk_ids())
     env = {"MODELSTORE_TOKEN": TOKEN, "MODELSTORE_SYNC_BATCH_BYTES": str(256 << 10), "MODELSTORE_SYNC_WORKERS": "1"}
-    port = _free_port()
+    port = free_port()
     server, url = _start(srv_dir, port, env={"MODELSTORE_SYNC_SERVER_PAUSE_AFTER": "3"})
     try:
         run_cli("remote", "add", "origin", url, store=a_dir, check=0)

@@ -18,14 +18,13 @@ from urllib.parse import quote
 
 import numpy as np
 import pytest
+from conftest import ROOT, free_port
 from fastapi.testclient import TestClient
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save_file
 
 from modelstore.server import create_app
 from modelstore.store import Store
-
-from conftest import ROOT
 
 
 def _tensors(seed: int, scale: float = 1.0) -> dict:
@@ -335,7 +334,7 @@ def test_writes_are_checked_before_their_body(root):
 
 
 def test_upload_any_reader_format_and_no_server_paths_in_errors(client, root, tmp_path):
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3), "w")
@@ -361,16 +360,11 @@ def test_query_returns_every_match_unless_limited(client):
 
 
 # -- a real server ---------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def test_modelstore_serve_subprocess(root, tmp_path):
     import httpx
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "MODELSTORE_SERVER_TOKEN": "tok"}
     proc = subprocess.Popen([sys.executable, "-m", "modelstore", "--store", str(root), "serve", "--port", str(port),
@@ -455,4 +449,4 @@ def test_check_port_refuses_a_busy_port():
         busy.listen(1)
         with pytest.raises(InvalidInputError, match="already in use"):
             check_port("127.0.0.1", busy.getsockname()[1])
-    check_port("127.0.0.1", _free_port())
+    check_port("127.0.0.1", free_port())

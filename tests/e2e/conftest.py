@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("MODELSTORE_CHROMIUM", "/usr/bin/chromium")
@@ -113,11 +113,6 @@ def add_graph_models(store, folder: Path) -> bool:
     store.commit(arrays, model="onnx-mlp", message="weights only")
     return True
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _serve_cmd(root: Path, port: int, token: str | None, private: bool = False) -> list[str]:
