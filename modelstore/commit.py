@@ -23,6 +23,7 @@ from modelstore.catalog import META_KEY, VersionInfo, check_meta_key, check_mode
 from modelstore.chunkindex import Entry
 from modelstore.errors import InvalidInputError, ModelstoreError
 from modelstore.formats import open_model
+from modelstore.graph_store import prepare_from_source
 from modelstore.locking import store_lock
 from modelstore.manifest import Manifest, TensorEntry, TensorStats
 from modelstore.packs import NO_BASE, PackWriter
@@ -70,6 +71,9 @@ def commit(
     parent_ids = _parents(store, model, parent)
     target = store.config.chunk_target_bytes
     with store_lock(store.layout.lock, exclusive=False), open_model(source) as src:
+        # A graph (ONNX) is stored now, before the catalog row, under the lock gc waits for;
+        # its derived figures become attributes (a value the user gave wins).
+        meta = {**check_meta(prepare_from_source(store, src, meta)), **meta}
         ingest = _Ingest(store, _delta_bases(store, model, parent_ids),
                          base_cache(store, sum(t.nbytes for t in src.tensors)))
         try:

@@ -197,24 +197,10 @@ def _is_onnx_path(source) -> bool:
         and os.path.isfile(source)
 
 
-def prepare_commit(store, source, meta: dict | None) -> dict:
-    """Attributes to merge into a commit: the graph id and derived figures, graph stored.
-
-    Call with the store lock held (shared) until the catalog row is written. Only .onnx
-    paths are opened here (other sources have no graph: their `params` and `size` are the
-    catalog's built-ins, and nothing is read twice).
-    """
-    if not _is_onnx_path(source):
-        return {}
-    from modelstore.formats import open_model
-
-    with open_model(source) as src:
-        return prepare_from_source(store, src, meta)
-
-
 def prepare_from_source(store, src, meta: dict | None) -> dict:
-    """prepare_commit for an already opened ModelSource (what commit.py can call on its
-    `src`, saving the second read of the file); {} when the source carries no graph."""
+    """Attributes to merge into a commit of the opened `src`: the graph id and derived
+    figures, with the graph stored. {} when the source carries no graph. Call with the
+    store lock held (shared) until the catalog row is written (commit.py does)."""
     meta = dict(meta or {})
     if getattr(src, "graph", None) is None and not getattr(src, "graph_proto", None) \
             and not _is_onnx_path(getattr(src, "path", None) or ""):

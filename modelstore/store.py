@@ -68,14 +68,9 @@ class Store:
         """
         self._writable()
         from modelstore.commit import commit
-        from modelstore.graph_store import prepare_commit
-        from modelstore.locking import store_lock
 
-        # The graph blob is written before the catalog row, under the shared lock gc waits for.
-        with store_lock(self.layout.lock, exclusive=False):
-            derived = prepare_commit(self, tensors_or_path, meta)
-            return commit(self, tensors_or_path, model=model, message=message, meta={**derived, **(meta or {})},
-                          parent=parent, author=author, progress=progress, metrics=metrics)
+        return commit(self, tensors_or_path, model=model, message=message, meta=meta, parent=parent,
+                      author=author, progress=progress, metrics=metrics)
 
     # -- read ------------------------------------------------------------------------
     def resolve(self, ref: str) -> VersionInfo:

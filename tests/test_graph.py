@@ -231,15 +231,17 @@ def test_cli_diff_graph_json(tmp_path):
     assert os.path.exists(pa)
 
 
-def test_failed_commit_leaves_only_an_unreferenced_graph_that_gc_removes(store, tmp_path):
-    """The graph blob is written before the catalog row: a commit that fails after it (here a
-    bad model name, standing in for a crash) leaves no version, only a blob gc sweeps."""
+def test_failed_commit_leaves_only_an_unreferenced_graph_that_gc_removes(store, tmp_path, monkeypatch):
+    """The graph blob is written before the catalog row: a commit that fails after it (here the
+    index transaction failing, standing in for a crash) leaves no version, only a blob gc sweeps."""
     pa = tmp_path / "a.onnx"
     onnx.save(make_mlp(), str(pa))
     if not _onnx_reader_wired(pa):
         pytest.skip("the ONNX reader is not wired into formats.open_model yet")
-    with pytest.raises(InvalidInputError):
-        store.commit(pa, model="bad name!")
+    with monkeypatch.context() as m:
+        m.setattr(store.index, "commit_version", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+        with pytest.raises(OSError):
+            store.commit(pa, model="mlp")
     assert store.log() == [] and len(list(graph_store.graphs_dir(store).glob("*.json.z"))) == 1
     assert store.gc()["graphs_removed"] == 1
     # User metadata wins over a derived figure; a later `graph` attribute that is no id is harmless.
