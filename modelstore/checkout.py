@@ -76,15 +76,15 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
-def decode_pool() -> ThreadPoolExecutor:
-    """The process's chunk-decoding threads, started once: their per-thread buffers
-    (records, plane accumulators) then survive from one checkout to the next instead of
-    being allocated and page-faulted in by fresh threads every time. Work never waits on
+def worker_pool() -> ThreadPoolExecutor:
+    """The process's chunk encoding and decoding threads, started once: their per-thread
+    buffers (plane accumulators, scratch) then survive from one commit or checkout to the
+    next instead of being allocated and page-faulted in by fresh threads every time. Work never waits on
     the pool from inside it, so sharing cannot deadlock."""
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(codecs.THREADS, thread_name_prefix="decode")
+            _pool = ThreadPoolExecutor(codecs.THREADS, thread_name_prefix="codec")
         return _pool
 
 
@@ -96,23 +96,13 @@ def _forget_pool() -> None:
 os.register_at_fork(after_in_child=_forget_pool)
 
 _local = threading.local()
-_MAX_REUSED = 8 << 20  # larger records get fresh buffers: the pool threads keep little memory
+_MAX_REUSED = 8 << 20  # larger outputs get fresh buffers: the pool threads keep little memory
 
 
 def _read(store, cid: bytes, e, slot: int):
-    """store.packs.read of one record into this thread's buffer for chain position `slot`
-    (a fresh multi-MiB bytes object per record costs page faults on every read)."""
-    size = record_size(e.stored_len)
-    if size > _MAX_REUSED:
-        return store.packs.read(cid, e.location, e.stored_len)
-    bufs = getattr(_local, "bufs", None)
-    if bufs is None:
-        bufs = _local.bufs = []
-    while len(bufs) <= slot:
-        bufs.append(bytearray())
-    if len(bufs[slot]) < size:
-        bufs[slot] = bytearray(max(size, 1 << 20))  # replaced, never resized: old views stay valid
-    return store.packs.read_into(cid, e.location, e.stored_len, bufs[slot])
+    """One record, its payload a view of the pack's memory map: a chain's records are
+    decoded straight from the page cache, with no pread copy per record."""
+    return store.packs.view(cid, e.location, e.stored_len)
 
 
 def _scratch(n: int):
@@ -131,7 +121,7 @@ def iter_chunks(store, tensors: Iterable[TensorEntry], depth: int | None = None)
     """
     depth = depth or 2 * codecs.THREADS + 2
     jobs = ((t, cid) for t in tensors for cid in t.chunks)
-    pool = decode_pool()
+    pool = worker_pool()
     pending: deque = deque()
     try:
         for t, cid in jobs:
@@ -143,10 +133,10 @@ def iter_chunks(store, tensors: Iterable[TensorEntry], depth: int | None = None)
             t0, fut = pending.popleft()
             yield t0, fut.result()
     finally:
-        _settle(fut for _, fut in pending)
+        settle(fut for _, fut in pending)
 
 
-def _settle(futures) -> None:
+def settle(futures) -> None:
     """Cancel what has not started and wait for what has: the shared pool outlives the
     caller, whose store (pack files) or output file must not close under a running task."""
     futures = list(futures)
@@ -179,14 +169,14 @@ def load_tensor(store, t: TensorEntry, pool: ThreadPoolExecutor | None = None) -
             for fut in futures:
                 fut.result()
         finally:
-            _settle(futures)
+            settle(futures)
     return arr
 
 
 def load(store, manifest: Manifest, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
     by_name = manifest.by_name()
     wanted = list(by_name) if names is None else list(names)
-    pool = decode_pool()
+    pool = worker_pool()
     return {n: load_tensor(store, by_name[n], pool) for n in wanted}
 
 
@@ -249,7 +239,7 @@ def _write_safetensors(store, manifest: Manifest, path, metadata: dict[str, str]
                 n = os.pwrite(fd, data, off)
                 data, off = data[n:], off + n
 
-        pool = decode_pool()
+        pool = worker_pool()
         window: deque = deque()
         try:
             for job in jobs:
@@ -259,4 +249,4 @@ def _write_safetensors(store, manifest: Manifest, path, metadata: dict[str, str]
             while window:
                 window.popleft().result()
         finally:  # on an error, no write may outlive the file
-            _settle(window)
+            settle(window)

@@ -14,11 +14,11 @@ import threading
 import weakref
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from modelstore import annotate, chunking, codecs, dtypes, hashing, kernels
+from modelstore.checkout import settle, worker_pool
 from modelstore.catalog import META_KEY, VersionInfo, check_meta_key, check_model_name
 from modelstore.chunkindex import Entry
 from modelstore.errors import InvalidInputError, ModelstoreError
@@ -33,6 +33,10 @@ MAX_META_VALUE = 10_000
 # bf16 on trained weights), so a float delta this small is kept without also encoding
 # the plain record (most chunks of a training series: their deltas are ~0.4-0.5).
 _SURE_DELTA = 0.5
+# Otherwise the plain record of the base chain's root (the same chunk of an earlier
+# version) predicts this chunk's plain size: a delta below this share of the prediction
+# is kept without encoding the plain record, which would cost a third of the commit.
+_PREDICTED_MARGIN = 0.95
 
 
 def check_meta(meta: dict | None) -> dict[str, str]:
@@ -117,7 +121,9 @@ class _Ingest:
         self.new_entries: dict[bytes, Entry] = {}
         self.new_stats: dict[bytes, tuple] = {}
         self.workers = codecs.THREADS
-        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="encode") if self.workers > 1 else None
+        # the process's worker threads, started once: a pool per commit costs a thread
+        # start per worker, milliseconds on a busy machine, for every small checkpoint
+        self.pool = worker_pool() if self.workers > 1 else None
         self.window = 2 * self.workers + 2
         self.writer: PackWriter | None = None
         self.pending: deque = deque()  # (cid, key, length, slot list, slot index, future, release)
@@ -166,7 +172,7 @@ class _Ingest:
                             tuple(st[4] for st in stats)) for t, dt, rows, ids, stats in plans]
 
     def _base_for(self, rd, cands: list[TensorEntry], i: int, length: int):
-        """(base id, depth) to delta-encode chunk i against, or None.
+        """(base id, depth, plain ratio of its chain root) to delta-encode chunk i against, or None.
 
         The base is the chunk at the same position in the first candidate version
         (_delta_bases) whose chain stays within `delta_depth` links, so a read decodes at
@@ -183,7 +189,7 @@ class _Ingest:
                 continue
             depth = e.depth + 1 if e.encoding in codecs.DELTA_ENCODINGS else 1
             if depth <= self.max_depth:
-                return cand, depth
+                return cand, depth, _plain_ratio(rd, e)
         return None
 
     def _submit(self, cid, key, view, dt, length, slots, slot, known_stats, base, release) -> None:
@@ -200,11 +206,12 @@ class _Ingest:
                 if base_raw is None:
                     base_raw = read_chunk(self.store, base[0], out=_scratch(length))
                 denc, delta = codecs.encode_xor(view, base_raw, dt)
-                if dt.kind == "f" and len(delta) <= _SURE_DELTA * length:
-                    return st, denc, delta, base
+                if ((dt.kind == "f" and len(delta) <= _SURE_DELTA * length)
+                        or len(delta) < _PREDICTED_MARGIN * base[2] * length):
+                    return st, denc, delta, base[:2]
                 enc, payload = codecs.encode(view, dt)
                 if len(delta) < len(payload):
-                    return st, denc, delta, base
+                    return st, denc, delta, base[:2]
                 return st, enc, payload, None
             enc, payload = codecs.encode(view, dt)
             return st, enc, payload, None
@@ -227,12 +234,23 @@ class _Ingest:
         self.new_entries[cid] = Entry(loc.pack, enc, depth, loc.offset, len(payload), length, base_id)
 
     def close(self) -> None:
-        for *_, fut, _release in self.pending:
-            fut.cancel()
-        if self.pool:
-            self.pool.shutdown(wait=True)
+        # the shared pool outlives this commit: wait for our own tasks (they read the
+        # source's memory maps), cancel those not started
+        settle(fut for *_, fut, _release in self.pending)
+        self.pending.clear()
         if self.writer is not None:
             self.writer.abort()
+
+
+def _plain_ratio(rd, e) -> float:
+    """Stored/raw of the plain record at the root of `e`'s chain (0.0 if unknown)."""
+    for _ in range(64):
+        if e.encoding not in codecs.DELTA_ENCODINGS:
+            return e.stored_len / e.raw_len if e.raw_len else 0.0
+        e = rd.get(e.base)
+        if e is None:
+            return 0.0
+    return 0.0
 
 
 class BaseCache:

@@ -10,6 +10,7 @@ See docs/FORMAT.md §3 for the byte layout.
 from __future__ import annotations
 
 import fcntl
+import mmap
 import os
 import queue
 import struct
@@ -179,11 +180,13 @@ class PackWriter:
 
 
 class PackReader:
-    """Reads records by location with pread; thread-safe; file handles are cached."""
+    """Reads records by location with pread, or as views of a memory map; thread-safe;
+    file handles and maps are cached."""
 
     def __init__(self, packs_dir: Path):
         self.packs_dir = packs_dir
         self._fds: dict[int, int] = {}
+        self._maps: dict[int, mmap.mmap] = {}
         self._lock = threading.Lock()
 
     def _fd(self, pack: int) -> int:
@@ -223,6 +226,31 @@ class PackReader:
             raise IntegrityError(f"chunk {cid.hex()}: pack {loc.pack:08x} is truncated")
         return self._parse(cid, loc, stored_len, view)
 
+    def view(self, cid: bytes, loc: Location, stored_len: int) -> tuple[int, int, bytes, memoryview]:
+        """read() without a copy: the payload is a view of the pack's memory map (decoders
+        read the page cache directly; a chain's records cost no pread copies).
+
+        The map covers the file as it was when mapped; a record past its end re-maps
+        (the pack grew) and one past the file's end is an IntegrityError, never a SIGBUS.
+        """
+        end = loc.offset + REC_HEADER.size + stored_len
+        m = self._maps.get(loc.pack)
+        if m is None or len(m) < end:
+            m = self._map(loc.pack, end, cid)
+        return self._parse(cid, loc, stored_len, memoryview(m)[loc.offset:end])
+
+    def _map(self, pack: int, end: int, cid: bytes) -> mmap.mmap:
+        fd = self._fd(pack)
+        with self._lock:
+            m = self._maps.get(pack)
+            if m is None or len(m) < end:
+                size = os.fstat(fd).st_size
+                if size < end:
+                    raise IntegrityError(f"chunk {cid.hex()}: pack {pack:08x} is truncated")
+                # an older, shorter map stays alive as long as views of it do
+                m = self._maps[pack] = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+        return m
+
     @staticmethod
     def _parse(cid: bytes, loc: Location, stored_len: int, buf) -> tuple[int, int, bytes, memoryview]:
         magic, rid, encoding, raw_len, slen, base = REC_HEADER.unpack_from(buf)
@@ -232,6 +260,12 @@ class PackReader:
 
     def close(self) -> None:
         with self._lock:
+            for m in self._maps.values():
+                try:
+                    m.close()
+                except BufferError:  # a caller still holds a view: the map goes with it
+                    pass
+            self._maps.clear()
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
