@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <queue>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -12,55 +11,67 @@
 namespace modelstore {
 namespace huffman {
 
-void code_lengths(const uint64_t* freq_in, int nsyms, uint8_t* len) {
-    std::vector<uint64_t> freq(freq_in, freq_in + nsyms);
-    for (;;) {
-        std::fill(len, len + nsyms, 0);
-        struct Node {
-            int left, right;  // leaves: left = -1 - symbol
-        };
-        std::vector<Node> nodes;
-        using Item = std::pair<uint64_t, int>;
-        std::priority_queue<Item, std::vector<Item>, std::greater<Item>> pq;
-        for (int s = 0; s < nsyms; s++)
-            if (freq[s]) {
-                nodes.push_back({-1 - s, -1});
-                pq.push({freq[s], int(nodes.size()) - 1});
-            }
-        if (nodes.empty()) return;
-        if (nodes.size() == 1) {
-            len[-1 - nodes[0].left] = 1;
-            return;
-        }
-        while (pq.size() > 1) {
-            auto a = pq.top();
-            pq.pop();
-            auto b = pq.top();
-            pq.pop();
-            nodes.push_back({a.second, b.second});
-            pq.push({a.first + b.first, int(nodes.size()) - 1});
-        }
-        // Depth of every leaf, iteratively from the root.
-        int maxlen = 0;
-        std::vector<std::pair<int, int>> stack{{pq.top().second, 0}};
-        while (!stack.empty()) {
-            auto [id, depth] = stack.back();
-            stack.pop_back();
-            const Node& nd = nodes[id];
-            if (nd.left < 0) {
-                len[-1 - nd.left] = uint8_t(std::max(depth, 1));
-                maxlen = std::max(maxlen, depth);
+namespace {
+
+// Optimal code lengths of n >= 2 weights sorted ascending (w), by the two-queue method:
+// leaves and merged nodes are both taken in weight order, so no heap is needed. Writes
+// depth[i] for leaf i; returns the longest.
+int tree_depths(const uint64_t* w, int n, uint8_t* depth) {
+    uint64_t node_w[kMaxSyms];
+    int parent[2 * kMaxSyms];  // leaves 0..n-1, internal nodes n..2n-2
+    int leaf = 0, next = 0;    // next leaf; next internal node not yet merged
+    for (int made = 0; made < n - 1; made++) {
+        int pick[2];
+        uint64_t sum = 0;
+        for (int& p : pick) {
+            if (leaf < n && (next >= made || w[leaf] <= node_w[next])) {
+                sum += w[leaf];
+                p = leaf++;
             } else {
-                stack.push_back({nd.left, depth + 1});
-                stack.push_back({nd.right, depth + 1});
+                sum += node_w[next];
+                p = n + next++;
             }
         }
-        if (maxlen <= kMaxLen) return;
-        // Flatten and retry: near-optimal for small alphabets, and it terminates (equal
-        // frequencies fit in ceil(log2(nsyms)) <= kMaxLen bits).
-        for (auto& f : freq)
-            if (f) f = (f >> 1) | 1;
+        node_w[made] = sum;
+        parent[pick[0]] = parent[pick[1]] = n + made;
     }
+    // Internal nodes were made in order, so every parent comes after its children: one
+    // pass from the root down gives every depth.
+    uint8_t nd[kMaxSyms];
+    nd[n - 2] = 0;
+    for (int i = n - 3; i >= 0; i--) nd[i] = uint8_t(nd[parent[n + i] - n] + 1);
+    int maxlen = 0;
+    for (int i = 0; i < n; i++) {
+        depth[i] = uint8_t(nd[parent[i] - n] + 1);
+        maxlen = std::max(maxlen, int(depth[i]));
+    }
+    return maxlen;
+}
+
+}  // namespace
+
+void code_lengths(const uint64_t* freq_in, int nsyms, uint8_t* len) {
+    if (nsyms > kMaxSyms) throw std::invalid_argument("huffman: alphabet too large");
+    std::fill(len, len + nsyms, 0);
+    std::pair<uint64_t, int> sym[kMaxSyms];
+    int n = 0;
+    for (int s = 0; s < nsyms; s++)
+        if (freq_in[s]) sym[n++] = {freq_in[s], s};
+    if (n == 0) return;
+    if (n == 1) {
+        len[sym[0].second] = 1;
+        return;
+    }
+    std::sort(sym, sym + n);
+    uint64_t w[kMaxSyms];
+    uint8_t depth[kMaxSyms];
+    for (int i = 0; i < n; i++) w[i] = sym[i].first;
+    // Flatten and retry while too deep: near-optimal for small alphabets, and it
+    // terminates (equal weights fit in ceil(log2(nsyms)) <= kMaxLen bits). Halving keeps
+    // the order, so the weights stay sorted.
+    while (tree_depths(w, n, depth) > kMaxLen)
+        for (int i = 0; i < n; i++) w[i] = (w[i] >> 1) | 1;
+    for (int i = 0; i < n; i++) len[sym[i].second] = depth[i];
 }
 
 void canonical_codes(const uint8_t* len, int nsyms, uint16_t* code) {

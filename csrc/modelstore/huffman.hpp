@@ -17,6 +17,7 @@ namespace huffman {
 
 constexpr int kMaxLen = 12;  // code length limit: decode tables have 4096 entries
 constexpr int kStreams = 4;  // bit streams (segments) per coded plane
+constexpr int kMaxSyms = 512;  // largest alphabet code_lengths takes
 constexpr size_t kStreamHeader = 4 * (kStreams - 1);  // u32 byte sizes of streams 0..2
 
 // Little-endian u32 fields of the payload headers.

@@ -70,27 +70,42 @@ inline uint64_t load_safe(const uint8_t* s, size_t avail, size_t at) {
 
 }  // namespace
 
+namespace {
+
+// A plane's tokens as plan() found them, for encode() to emit without scanning again:
+// symbol | extra bits << 9 | extra value << 16. Reused per thread.
+thread_local std::vector<uint64_t> token_buf;
+
+}  // namespace
+
 Plan plan(const uint8_t* p, size_t count) {
     Plan out;
     static_assert(kStreams == 4, "Plan holds 4 segments");
     uint64_t freq[kSyms] = {};
-    std::vector<uint64_t> seg_freq(size_t(kStreams) * kSyms, 0);
+    uint64_t seg_freq[kStreams][kSyms] = {};
     uint64_t extra[kStreams] = {};
+    std::vector<uint64_t>& tok = token_buf;
+    if (tok.capacity() > (size_t(4) << 20)) std::vector<uint64_t>().swap(tok);  // keep 32 MiB at most
+    tok.clear();
+    if (tok.capacity() < count / 4) tok.reserve(count / 4);
     for (int j = 0; j < kStreams; j++) {
         size_t a, m;
         huffman::segment(count, j, &a, &m);
-        uint64_t* sf = seg_freq.data() + size_t(j) * kSyms;
-        tokens(p + a, m, [&](int s, int b, uint64_t) {
+        uint64_t* sf = seg_freq[j];
+        tokens(p + a, m, [&](int s, int b, uint64_t v) {
             sf[s]++;
             extra[j] += uint64_t(b);
+            tok.push_back(uint64_t(s) | uint64_t(b) << 9 | v << 16);
         });
+        out.seg_tokens[j] = tok.size();
         for (int s = 0; s < kSyms; s++) freq[s] += sf[s];
     }
+    out.tokens = tok.data();
     huffman::code_lengths(freq, kSyms, out.len);
     out.size = kLengths + kStreamHeader;
     for (int j = 0; j < kStreams; j++) {
         uint64_t bits = extra[j];
-        const uint64_t* sf = seg_freq.data() + size_t(j) * kSyms;
+        const uint64_t* sf = seg_freq[j];
         for (int s = 0; s < kSyms; s++) bits += sf[s] * out.len[s];
         out.seg_bytes[j] = size_t((bits + 7) / 8);
         out.size += out.seg_bytes[j];
@@ -99,24 +114,27 @@ Plan plan(const uint8_t* p, size_t count) {
 }
 
 size_t encode(const uint8_t* p, size_t count, const Plan& plan, uint8_t* dst) {
+    (void)p;
+    (void)count;
     huffman::pack_lengths(plan.len, kSyms, dst);
     for (int j = 0; j < kStreams - 1; j++) put_u32(dst + kLengths + 4 * j, uint32_t(plan.seg_bytes[j]));
     uint16_t code[kSyms] = {};
     huffman::canonical_codes(plan.len, kSyms, code);
     uint8_t* out = dst + kLengths + kStreamHeader;
+    size_t t = 0;
     for (int j = 0; j < kStreams; j++) {
-        size_t a, m;
-        huffman::segment(count, j, &a, &m);
         uint8_t* const end = out + plan.seg_bytes[j];
         huffman::BitWriter w(out);
-        tokens(p + a, m, [&](int s, int b, uint64_t v) {
-            w.put(code[s], plan.len[s]);  // <= 12 bits
-            if (b) w.put(v, unsigned(b));  // <= 31 bits
-            if (w.bits > 20) w.flush();    // a token is <= 43 bits: never past 64
-        });
+        for (const size_t stop = plan.seg_tokens[j]; t < stop; t++) {
+            const uint64_t tk = plan.tokens[t];
+            const unsigned s = unsigned(tk & 511), b = unsigned(tk >> 9) & 31, l = plan.len[s];
+            w.put(code[s] | (tk >> 16) << l, l + b);  // a code (<= 12 bits) and its extra bits (<= 31)
+            if (w.bits > 20) w.flush();  // a token is <= 43 bits: never past 64
+        }
         out = w.finish();
         if (out != end) throw std::logic_error("zerorun: size mismatch");
     }
+    if (token_buf.capacity() > (size_t(4) << 20)) std::vector<uint64_t>().swap(token_buf);
     return plan.size;
 }
 

@@ -21,13 +21,17 @@ struct Plan {
     uint8_t len[kSyms];
     size_t seg_bytes[4] = {};
     size_t size = 0;  // encoded bytes, header included
+    const uint64_t* tokens = nullptr;  // the plane's tokens (a per-thread buffer)
+    size_t seg_tokens[4] = {};          // end of each segment's tokens
 };
 
-// Plan the coding of a plane of `count` bytes (cost: one pass of token counting).
+// Plan the coding of a plane of `count` bytes (cost: one pass of tokenizing). The plan's
+// tokens live in a per-thread buffer until the thread's next plan().
 Plan plan(const uint8_t* p, size_t count);
 
-// Write the planned coding to dst (plan.size bytes, plus up to 8 bytes of slack that may
-// be overwritten). Returns plan.size.
+// Write the planned coding of the same plane to dst (plan.size bytes, plus up to 8 bytes
+// of slack that may be overwritten), on the thread that planned it, before its next
+// plan(). Returns plan.size.
 size_t encode(const uint8_t* p, size_t count, const Plan& plan, uint8_t* dst);
 
 // XOR the coded plane (`size` bytes) into acc (count bytes); zero runs cost nothing.
