@@ -150,11 +150,11 @@ inline uint64_t load_safe(const uint8_t* s, size_t avail, size_t at) {
 
 // Entries keep the bit count in the low byte, so `buf >> (e & 63)` is one shift.
 struct Tables {
-    uint16_t one[1 << kMaxLen];  // length | symbol << 8; length 0: invalid code
-    uint32_t two[1 << kMaxLen];  // bits | nsyms << 8 | sym1 << 16 | sym2 << 24
-    bool pairs;                  // decode with `two`: many windows hold two codes
+    uint16_t one[1 << kMaxLen];    // length | symbol << 8; length 0: invalid code
+    uint64_t multi[1 << kMaxLen];  // bits | nsyms << 8 | up to 4 symbols << 32
+    bool many;                     // decode with `multi`: many windows hold several codes
 };
-thread_local Tables tables;  // 24 KiB, rebuilt per plane: no allocation
+thread_local Tables tables;  // 40 KiB, rebuilt per plane: no allocation
 
 void build_tables(const uint8_t len[256], Tables& t) {
     uint16_t code[256] = {};
@@ -165,24 +165,31 @@ void build_tables(const uint8_t len[256], Tables& t) {
         if (!l) continue;
         for (uint32_t hi = 0; hi < (1u << (kMaxLen - l)); hi++) t.one[code[sym] | (hi << l)] = uint16_t(l | (sym << 8));
     }
-    // A 12-bit window often holds two short codes (exponent planes average ~3 bits a
-    // symbol), so one lookup yields 1 or 2 symbols. Under the code's own distribution
-    // every window is equally likely, so the share of two-symbol windows is the expected
-    // share of two-symbol lookups.
-    uint32_t n2 = 0;
+    // A 12-bit window often holds several short codes (exponent planes average ~2-3 bits
+    // a symbol), so one lookup yields up to 4 symbols. Under the code's own distribution
+    // every window is equally likely, so the mean symbols per window is the mean per lookup.
+    uint32_t total = 0;
     for (uint32_t w = 0; w < (1u << kMaxLen); w++) {
-        uint16_t e1 = t.one[w];
-        unsigned l1 = e1 & 255;
-        uint16_t e2 = t.one[w >> l1];
-        unsigned l2 = e2 & 255;
-        if (l1 && l2 && l1 + l2 <= unsigned(kMaxLen)) {
-            t.two[w] = (l1 + l2) | 2u << 8 | uint32_t(e1 >> 8) << 16 | uint32_t(e2 >> 8) << 24;
-            n2++;
-        } else {
-            t.two[w] = l1 | 1u << 8 | uint32_t(e1 >> 8) << 16;
+        unsigned bits = 0, n = 0;
+        uint64_t syms = 0;
+        while (n < 4) {
+            uint16_t e = t.one[(w >> bits) & ((1u << kMaxLen) - 1)];
+            unsigned l = e & 255;
+            // bits past the window are unknown: a code must end inside it
+            if (!l || bits + l > unsigned(kMaxLen)) break;
+            syms |= uint64_t(e >> 8) << (8 * n);
+            bits += l;
+            n++;
         }
+        if (n == 0) {  // an invalid window (incomplete code): never used by the fast loops
+            t.multi[w] = 0;
+            continue;
+        }
+        t.multi[w] = bits | n << 8 | syms << 32;
+        total += n;
     }
-    t.pairs = n2 * 3 >= (1u << kMaxLen);  // measured: pairs pay from ~1/3 two-symbol lookups
+    // measured: multi-symbol lookups pay from ~1.3 symbols a lookup
+    t.many = total * 3 >= 4u * (1u << kMaxLen);
 }
 
 struct Stream {
@@ -194,27 +201,27 @@ struct Stream {
     size_t i, count;   // symbols written, to write
 };
 
-// Rounds of up to 4 lookups (<= 48 bits, <= 8 symbols) that stay in bounds.
+// Rounds of up to 4 lookups (<= 48 bits, <= 16 symbols) that stay in bounds.
 inline size_t safe_rounds(const Stream& st) {
-    size_t by_out = (st.count - st.i) / 8;
+    size_t by_out = (st.count - st.i) / 16;
     uint64_t top = st.avail >= 8 ? uint64_t(st.avail - 8) * 8 : 0;  // last safe start bit
     size_t by_in = st.pos <= top ? size_t((top - st.pos) / 48) + 1 : 0;
     return std::min(by_out, by_in);
 }
 
-// One round on a complete code: 1 load, 4 lookups. Pairs: a 2-byte store per lookup (the
-// second byte is speculative: overwritten next when the lookup yields one symbol).
+// One round on a complete code: 1 load, 4 lookups. Multi: a 4-byte store per lookup (the
+// bytes past its symbols are speculative: overwritten by the next lookup's store).
 #define MS_HUFF_ROUND2(TAB, B, Q, O, I)                   \
     {                                                     \
         uint64_t buf;                                     \
         std::memcpy(&buf, B + (Q >> 3), 8);               \
         buf >>= (Q & 7);                                  \
-        unsigned used = 0;                                \
+        uint64_t used = 0;                                \
         for (int r = 0; r < 4; r++) {                     \
-            uint32_t e = TAB[buf & mask];                 \
-            uint16_t v = uint16_t(e >> 16);               \
-            std::memcpy(O + I, &v, 2);                    \
-            I += (e >> 8) & 3;                            \
+            uint64_t e = TAB[buf & mask];                 \
+            uint32_t v = uint32_t(e >> 32);               \
+            std::memcpy(O + I, &v, 4);                    \
+            I += (e >> 8) & 7;                            \
             buf >>= (e & 63);                             \
             used += e; /* low byte: bits, <= 48 in all */ \
         }                                                 \
@@ -363,8 +370,8 @@ void decode_bytes(const Job* jobs, size_t n) {
     for (size_t j = 0; j < n; j++) {
         prepare(jobs[j], st, t);
         if (jobs[j].complete) {
-            if (t.pairs)
-                run_bulk<true>(st, t.two);
+            if (t.many)
+                run_bulk<true>(st, t.multi);
             else
                 run_bulk<false>(st, t.one);
         }
