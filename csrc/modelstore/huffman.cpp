@@ -261,7 +261,7 @@ inline size_t safe_rounds(const Stream& st) {
 
 // Each stream alone while it is still far from its end (streams end unevenly).
 template <bool P, class E>
-void run_single(Stream& s, const E* __restrict tab) {
+__attribute__((always_inline)) inline void run_single(Stream& s, const E* __restrict tab) {
     const uint64_t mask = (1u << kMaxLen) - 1;
     const uint8_t* __restrict b = s.s;
     uint8_t* __restrict o = s.out;
@@ -276,7 +276,7 @@ void run_single(Stream& s, const E* __restrict tab) {
 
 // The 4 streams of one plane interleaved: independent dependency chains.
 template <bool P, class E>
-void run_bulk(Stream* st, const E* __restrict tab) {
+__attribute__((always_inline)) inline void run_bulk(Stream* st, const E* __restrict tab) {
     const uint64_t mask = (1u << kMaxLen) - 1;
     static_assert(kStreams == 4, "the interleaved loop below assumes 4 streams");
     for (;;) {
@@ -364,16 +364,51 @@ void finish(const Job& job, Stream* st, const Tables& t) {
 
 }  // namespace
 
+namespace {
+
+// The fast loops, compiled twice (they are always inlined): for any x86-64, and with
+// BMI2, whose one-uop variable shifts (shrx) decode ~15% faster. noipa: specialised for
+// the thread-local `tables`, GCC re-derived its address (a __tls_get_addr call) inside
+// the loops instead of keeping it in a register.
+__attribute__((noipa)) void run_fast(Stream* st, const Tables& t) {
+    if (t.many)
+        run_bulk<true>(st, t.multi);
+    else
+        run_bulk<false>(st, t.one);
+}
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("bmi2"), noipa)) void run_fast_bmi2(Stream* st, const Tables& t) {
+    if (t.many)
+        run_bulk<true>(st, t.multi);
+    else
+        run_bulk<false>(st, t.one);
+}
+bool has_bmi2() {
+    static const bool yes = [] {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("bmi2") != 0;
+    }();
+    return yes;
+}
+#endif
+
+}  // namespace
+
 void decode_bytes(const Job* jobs, size_t n) {
     Stream st[kStreams];
-    Tables& t = tables;
+    Tables& t = opaque(tables);
+#if defined(__x86_64__) && defined(__GNUC__)
+    const bool bmi2 = has_bmi2();
+#endif
     for (size_t j = 0; j < n; j++) {
         prepare(jobs[j], st, t);
         if (jobs[j].complete) {
-            if (t.many)
-                run_bulk<true>(st, t.multi);
+#if defined(__x86_64__) && defined(__GNUC__)
+            if (bmi2)
+                run_fast_bmi2(st, t);
             else
-                run_bulk<false>(st, t.one);
+#endif
+                run_fast(st, t);
         }
         finish(jobs[j], st, t);
     }

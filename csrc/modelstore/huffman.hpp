@@ -28,6 +28,17 @@ inline uint32_t get_u32(const uint8_t* p) {
     return v;
 }
 
+// A thread-local buffer's address as an opaque value: in a shared library GCC otherwise
+// re-derives it (a __tls_get_addr call) at uses inside hot loops.
+template <class T>
+inline T& opaque(T& ref) {
+    T* p = &ref;
+#if defined(__GNUC__)
+    asm("" : "+r"(p));
+#endif
+    return *p;
+}
+
 // Code lengths for the frequencies (0 = unused symbol), limited to kMaxLen.
 void code_lengths(const uint64_t* freq, int nsyms, uint8_t* len);
 // Canonical codes of the lengths, bit-reversed for LSB-first emission.

@@ -182,7 +182,7 @@ size_t encode(const uint8_t* src, size_t n, int k, uint8_t* dst) {
     if (k < 1 || k > 8 || n % size_t(k)) throw std::invalid_argument("splithuff: n must be a multiple of k in 1..8");
     if (n / size_t(k) > 0xFFFFFFF0u) throw std::invalid_argument("splithuff: chunk too large");
     const size_t count = n / size_t(k);
-    std::vector<uint8_t>& planes = plane_scratch;  // every byte is written by split()
+    std::vector<uint8_t>& planes = huffman::opaque(plane_scratch);  // every byte is written by split()
     if (k > 1) {
         if (planes.size() < n) planes.resize(n);
         split_any(src, count, k, planes.data());
@@ -324,7 +324,7 @@ void decode(const uint8_t* src, size_t size, uint8_t* dst, size_t n) {
     if (k < 1 || k > 8 || n % size_t(k)) throw std::runtime_error("splithuff: bad plane count");
     const size_t count = n / size_t(k);
     if (k == 1) return decode_planes(src, size, 1, count, dst);
-    std::vector<uint8_t>& planes = plane_scratch;  // every plane byte is written before merge()
+    std::vector<uint8_t>& planes = huffman::opaque(plane_scratch);  // every plane byte is written before merge()
     if (planes.size() < n) planes.resize(n);
     decode_planes(src, size, k, count, planes.data());
     merge_any<false>(planes.data(), count, k, dst);

@@ -128,7 +128,7 @@ size_t encode(const uint8_t* cur, const uint8_t* base, size_t n, int k, uint8_t*
     if (k < 1 || k > 8 || n % size_t(k)) throw std::invalid_argument("xordelta: n must be a multiple of k in 1..8");
     if (n / size_t(k) > 0xFFFFFFF0u) throw std::invalid_argument("xordelta: chunk too large");
     const size_t count = n / size_t(k);
-    Scratch& sc = scratch;  // reused per thread: fresh multi-MiB buffers cost page faults
+    Scratch& sc = huffman::opaque(scratch);  // reused per thread: fresh multi-MiB buffers cost page faults
     if (sc.acc.size() < n + 1) sc.acc.resize(n + 1);
     if (sc.tmp.size() < splithuff::bound(count, 1)) sc.tmp.resize(splithuff::bound(count, 1));
     uint8_t* const planes = sc.acc.data();
@@ -266,7 +266,7 @@ void apply_impl(const uint8_t* root, size_t root_size, const uint8_t* const* pay
     if (root) parse_record(root, root_size, k, true, parts.data() + m * size_t(k));
     for (size_t j = 0; j < m; j++) parse_record(payloads[j], sizes[j], k, false, parts.data() + j * size_t(k));
 
-    Scratch& sc = scratch;
+    Scratch& sc = huffman::opaque(scratch);
     if (sc.acc.size() < n) sc.acc.resize(n);
     uint8_t* acc = sc.acc.data();
     // Plane b of every record: Huffman planes decode (the first straight into the

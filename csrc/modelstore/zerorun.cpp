@@ -84,23 +84,28 @@ Plan plan(const uint8_t* p, size_t count) {
     uint64_t freq[kSyms] = {};
     uint64_t seg_freq[kStreams][kSyms] = {};
     uint64_t extra[kStreams] = {};
-    std::vector<uint64_t>& tok = token_buf;
-    if (tok.capacity() > (size_t(4) << 20)) std::vector<uint64_t>().swap(tok);  // keep 32 MiB at most
-    tok.clear();
-    if (tok.capacity() < count / 4) tok.reserve(count / 4);
+    std::vector<uint64_t>& buf = huffman::opaque(token_buf);
+    if (buf.capacity() > (size_t(4) << 20) && count <= (size_t(4) << 20))
+        std::vector<uint64_t>().swap(buf);  // keep 32 MiB at most
+    if (buf.size() < count) buf.resize(count);  // a token covers >= 1 byte
+    // through a plain pointer: GCC re-derives a thread-local's address per access
+    uint64_t* const tok = buf.data();
+    size_t nt = 0;
     for (int j = 0; j < kStreams; j++) {
         size_t a, m;
         huffman::segment(count, j, &a, &m);
         uint64_t* sf = seg_freq[j];
+        uint64_t ex = 0;
         tokens(p + a, m, [&](int s, int b, uint64_t v) {
             sf[s]++;
-            extra[j] += uint64_t(b);
-            tok.push_back(uint64_t(s) | uint64_t(b) << 9 | v << 16);
+            ex += uint64_t(b);
+            tok[nt++] = uint64_t(s) | uint64_t(b) << 9 | v << 16;
         });
-        out.seg_tokens[j] = tok.size();
+        extra[j] = ex;
+        out.seg_tokens[j] = nt;
         for (int s = 0; s < kSyms; s++) freq[s] += sf[s];
     }
-    out.tokens = tok.data();
+    out.tokens = tok;
     huffman::code_lengths(freq, kSyms, out.len);
     out.size = kLengths + kStreamHeader;
     for (int j = 0; j < kStreams; j++) {
@@ -138,7 +143,11 @@ size_t encode(const uint8_t* p, size_t count, const Plan& plan, uint8_t* dst) {
     return plan.size;
 }
 
-void apply(const uint8_t* src, size_t size, uint8_t* acc, size_t count) {
+namespace {
+
+// apply()'s body, compiled twice (it is always inlined): for any x86-64, and with BMI2,
+// whose one-uop variable shifts (shrx, bzhi) run its token loop faster.
+__attribute__((always_inline)) inline void apply_impl(const uint8_t* src, size_t size, uint8_t* acc, size_t count) {
     if (size < kLengths + kStreamHeader) throw std::runtime_error("xordelta: truncated code table");
     uint8_t len[kSyms];
     huffman::unpack_lengths(src, kSyms, 1, len, "xordelta");
@@ -233,6 +242,26 @@ void apply(const uint8_t* src, size_t size, uint8_t* acc, size_t count) {
                                                      : "xordelta: bit stream overrun");
         if (pos[j] > lim[j] || (lim[j] - pos[j]) >= 8) throw std::runtime_error("xordelta: bit stream length mismatch");
     }
+}
+
+void apply_base(const uint8_t* src, size_t size, uint8_t* acc, size_t count) { apply_impl(src, size, acc, count); }
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("bmi2"))) void apply_bmi2(const uint8_t* src, size_t size, uint8_t* acc, size_t count) {
+    apply_impl(src, size, acc, count);
+}
+#endif
+
+}  // namespace
+
+void apply(const uint8_t* src, size_t size, uint8_t* acc, size_t count) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    static const bool bmi2 = [] {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("bmi2") != 0;
+    }();
+    if (bmi2) return apply_bmi2(src, size, acc, count);
+#endif
+    apply_base(src, size, acc, count);
 }
 
 }  // namespace zerorun
