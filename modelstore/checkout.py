@@ -230,14 +230,19 @@ def _write_safetensors(store, manifest: Manifest, path, metadata: dict[str, str]
         f.flush()
         os.ftruncate(fd, offset)
 
+        write_lock = threading.Lock()
+
         def work(job):
             cid, off, raw_len = job
             # pwrite copies the bytes out, so a reused per-thread buffer will do
             out = _scratch(raw_len) if raw_len <= _MAX_REUSED else None
             data = memoryview(read_chunk(store, cid, out=out)).cast("B")
-            while data.nbytes:
-                n = os.pwrite(fd, data, off)
-                data, off = data[n:], off + n
+            # One writer at a time: the file's inode lock serialises writes anyway, and a
+            # thread waiting for it in the kernel spins, burning the core another decode needs.
+            with write_lock:
+                while data.nbytes:
+                    n = os.pwrite(fd, data, off)
+                    data, off = data[n:], off + n
 
         pool = worker_pool()
         window: deque = deque()

@@ -52,12 +52,12 @@ void split_k<2>(const uint8_t* src, size_t count, uint8_t* planes) {
         p1[i] = uint8_t(v >> 8);
     }
 }
-// Interleave back (merge) or XOR the interleaved planes into dst (X).
+// Interleave back (merge) or XOR the interleaved planes into dst (X); pl[b] is plane b.
 template <int K, bool X>
-void merge_k(const uint8_t* planes, size_t count, uint8_t* dst) {
+void merge_k(const uint8_t* const* pl, size_t count, uint8_t* dst) {
     for (size_t i = 0; i < count; i++)
         for (int b = 0; b < K; b++) {
-            uint8_t v = planes[b * count + i];
+            uint8_t v = pl[b][i];
             dst[i * K + b] = X ? uint8_t(dst[i * K + b] ^ v) : v;
         }
 }
@@ -71,40 +71,46 @@ inline void store_word(uint8_t* p, W v) {
     std::memcpy(p, &v, sizeof v);
 }
 template <bool X>
-void merge4(const uint8_t* planes, size_t count, uint8_t* dst) {
-    const uint8_t* __restrict p0 = planes;
-    const uint8_t* __restrict p1 = planes + count;
-    const uint8_t* __restrict p2 = planes + 2 * count;
-    const uint8_t* __restrict p3 = planes + 3 * count;
+void merge4(const uint8_t* const* pl, size_t count, uint8_t* dst) {
+    const uint8_t* __restrict p0 = pl[0];
+    const uint8_t* __restrict p1 = pl[1];
+    const uint8_t* __restrict p2 = pl[2];
+    const uint8_t* __restrict p3 = pl[3];
     for (size_t i = 0; i < count; i++)
         store_word<uint32_t, X>(dst + 4 * i, uint32_t(p0[i]) | uint32_t(p1[i]) << 8 | uint32_t(p2[i]) << 16 |
                                                  uint32_t(p3[i]) << 24);
 }
 template <bool X>
-void merge2(const uint8_t* planes, size_t count, uint8_t* dst) {
-    const uint8_t* __restrict p0 = planes;
-    const uint8_t* __restrict p1 = planes + count;
+void merge2(const uint8_t* const* pl, size_t count, uint8_t* dst) {
+    const uint8_t* __restrict p0 = pl[0];
+    const uint8_t* __restrict p1 = pl[1];
     for (size_t i = 0; i < count; i++) store_word<uint16_t, X>(dst + 2 * i, uint16_t(p0[i] | p1[i] << 8));
 }
 template <bool X>
-void merge_any(const uint8_t* planes, size_t count, int k, uint8_t* dst) {
+void merge_ptrs(const uint8_t* const* pl, size_t count, int k, uint8_t* dst) {
     switch (k) {
         case 1:
             if (X)
-                xor_bytes(dst, planes, count);
+                xor_bytes(dst, pl[0], count);
             else
-                std::memcpy(dst, planes, count);
+                std::memcpy(dst, pl[0], count);
             break;
-        case 2: merge2<X>(planes, count, dst); break;
-        case 4: merge4<X>(planes, count, dst); break;
-        case 8: merge_k<8, X>(planes, count, dst); break;
+        case 2: merge2<X>(pl, count, dst); break;
+        case 4: merge4<X>(pl, count, dst); break;
+        case 8: merge_k<8, X>(pl, count, dst); break;
         default:
             for (size_t i = 0; i < count; i++)
                 for (int b = 0; b < k; b++) {
-                    uint8_t v = planes[size_t(b) * count + i];
+                    uint8_t v = pl[b][i];
                     dst[i * size_t(k) + b] = X ? uint8_t(dst[i * size_t(k) + b] ^ v) : v;
                 }
     }
+}
+template <bool X>
+void merge_any(const uint8_t* planes, size_t count, int k, uint8_t* dst) {
+    const uint8_t* pl[8];
+    for (int b = 0; b < k; b++) pl[b] = planes + size_t(b) * count;
+    merge_ptrs<X>(pl, count, k, dst);
 }
 void split_any(const uint8_t* src, size_t count, int k, uint8_t* planes) {
     switch (k) {
@@ -295,7 +301,12 @@ void decode_huffman(const HuffPlane* planes, size_t n) {
     huffman::decode_bytes(jobs.data(), n);
 }
 
-void decode_planes(const uint8_t* src, size_t size, int k, size_t count, uint8_t* planes) {
+namespace {
+
+// Parse a payload and decode its planes: plane s ends up at pl[s], which is the payload
+// itself for a raw plane when `in_place` (no copy) and planes + s * count otherwise.
+void decode_planes_into(const uint8_t* src, size_t size, int k, size_t count, uint8_t* planes, bool in_place,
+                        const uint8_t** pl) {
     if (size < 2 || src[0] != 1) throw std::runtime_error("splithuff: unknown payload version");
     if (src[1] != k) throw std::runtime_error("splithuff: bad plane count");
     if (size < 2 + size_t(k) * kPlaneHeader) throw std::runtime_error("splithuff: truncated header");
@@ -308,14 +319,27 @@ void decode_planes(const uint8_t* src, size_t size, int k, size_t count, uint8_t
         size_t psize = get_u32(hdr + s * kPlaneHeader + 2);
         if (psize > size_t(end - data)) throw std::runtime_error("splithuff: plane overruns the payload");
         uint8_t* dst = planes + size_t(s) * count;
-        if (hdr[s * kPlaneHeader] == kHuffman)
+        pl[s] = dst;
+        const uint8_t method = hdr[s * kPlaneHeader];
+        if (method == kHuffman) {
             huff[nh++] = HuffPlane{data, psize, dst, count};
-        else
-            decode_plane(hdr[s * kPlaneHeader], hdr[s * kPlaneHeader + 1], data, psize, dst, count, false, nullptr);
+        } else if (method == kRaw && in_place) {
+            if (psize != count) throw std::runtime_error("splithuff: raw plane has the wrong size");
+            pl[s] = data;
+        } else {
+            decode_plane(method, hdr[s * kPlaneHeader + 1], data, psize, dst, count, false, nullptr);
+        }
         data += psize;
     }
     if (data != end) throw std::runtime_error("splithuff: trailing bytes in payload");
     decode_huffman(huff, nh);
+}
+
+}  // namespace
+
+void decode_planes(const uint8_t* src, size_t size, int k, size_t count, uint8_t* planes) {
+    const uint8_t* pl[8];
+    decode_planes_into(src, size, k, count, planes, false, pl);
 }
 
 void decode(const uint8_t* src, size_t size, uint8_t* dst, size_t n) {
@@ -324,10 +348,12 @@ void decode(const uint8_t* src, size_t size, uint8_t* dst, size_t n) {
     if (k < 1 || k > 8 || n % size_t(k)) throw std::runtime_error("splithuff: bad plane count");
     const size_t count = n / size_t(k);
     if (k == 1) return decode_planes(src, size, 1, count, dst);
-    std::vector<uint8_t>& planes = huffman::opaque(plane_scratch);  // every plane byte is written before merge()
+    std::vector<uint8_t>& planes = huffman::opaque(plane_scratch);  // decoded planes, merged once
     if (planes.size() < n) planes.resize(n);
-    decode_planes(src, size, k, count, planes.data());
-    merge_any<false>(planes.data(), count, k, dst);
+    // raw planes (the mantissa bytes) are merged straight from the payload
+    const uint8_t* pl[8];
+    decode_planes_into(src, size, k, count, planes.data(), true, pl);
+    merge_ptrs<false>(pl, count, k, dst);
     trim_scratch(planes);
 }
 
