@@ -42,8 +42,11 @@ from modelstore.catalog_schema import (  # noqa: F401 - re-exported
     _SCHEMA,
     NAME_TABLES,
     SCHEMA_VERSION,
+    file_meta,
+    has_table,
     migrate,
     next_number,
+    set_file_meta,
 )
 from modelstore.catalog_values import (  # noqa: F401 - re-exported: the names modules import from here
     _CANONICAL_TIME,
@@ -173,11 +176,12 @@ class Catalog:
         self, *, model: str, content_id: str, message: str, author: str, fmt: str, size: int,
         stored: int, params: int, n_tensors: int, dtype: str, parents: list[int],
         meta: dict, tensors: list[tuple[str, str, str, int]],
-        metrics: list[tuple[str, str, object]] | None = None,
+        metrics: list[tuple[str, str, object]] | None = None, file_meta: dict[str, str] | None = None,
     ) -> VersionInfo:
         """Insert a version and everything that describes it, atomically; numbers it.
 
-        `meta` values are typed here (type_value); `metrics` is [(dataset, name, value)].
+        `meta` values are typed here (type_value); `metrics` is [(dataset, name, value)];
+        `file_meta` is the source file's own metadata, kept verbatim for checkouts.
         """
         typed_meta = [(k, *type_value(v)) for k, v in (meta or {}).items()]
         checked = check_metrics(metrics)
@@ -207,7 +211,12 @@ class Catalog:
                 "INSERT INTO metrics(version_id, name_id, dataset_id, value) VALUES(?, ?, ?, ?)",
                 [(vid, self.intern("metric_names", n), self.intern("datasets", d), v) for d, n, v in checked],
             )
+            set_file_meta(self.db, vid, file_meta)
         return self.version_by_id(vid)
+
+    def file_meta(self, vid: int) -> dict[str, str] | None:
+        """The metadata version `vid`'s source file carried (safetensors __metadata__), or None."""
+        return file_meta(self.db, vid)
 
     def intern(self, table: str, name: str) -> int:
         """The id of an attribute key / metric name / dataset, created if new (inside a write transaction)."""
@@ -311,6 +320,8 @@ class Catalog:
             self.db.execute("DELETE FROM lineage WHERE child = ? OR parent = ?", (vid, vid))
             for table in ("attrs", "attr_history", "metrics", "metric_history", "tags", "comments"):
                 self.db.execute(f"DELETE FROM {table} WHERE version_id = ?", (vid,))  # fixed table names
+            if has_table(self.db, "file_meta"):
+                self.db.execute("DELETE FROM file_meta WHERE version_id = ?", (vid,))
             row = self.db.execute("SELECT model_id, number FROM versions WHERE id = ?", (vid,)).fetchone()
             if row is None or self.db.execute("DELETE FROM versions WHERE id = ?", (vid,)).rowcount != 1:
                 raise NotFoundError(f"version id {vid} not found")

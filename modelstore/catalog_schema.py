@@ -7,6 +7,7 @@ layout and why it is shaped so for queries are described in modelstore/catalog.p
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 
@@ -95,11 +96,38 @@ _RETIRED_DDL = ("CREATE TABLE IF NOT EXISTS retired_numbers("
                 "model_id INTEGER PRIMARY KEY REFERENCES models(id), last INTEGER NOT NULL)")
 
 
+# The metadata a version's source file carried (safetensors __metadata__), verbatim, so a
+# checkout writes it back; created by the first commit that has some (docs/FORMAT.md §7).
+MAX_FILE_META = 1 << 20  # characters of keys and values
+_FILE_META_DDL = ("CREATE TABLE IF NOT EXISTS file_meta("
+                  "version_id INTEGER PRIMARY KEY REFERENCES versions(id), json TEXT NOT NULL)")
+
+
+def has_table(db: sqlite3.Connection, name: str) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
+
+
+def set_file_meta(db: sqlite3.Connection, vid: int, meta: dict[str, str] | None) -> None:
+    """Record the source file's own metadata of version `vid` (inside the caller's transaction)."""
+    if meta:
+        db.execute(_FILE_META_DDL)
+        db.execute("INSERT OR REPLACE INTO file_meta(version_id, json) VALUES(?, ?)",
+                   (vid, json.dumps(meta, ensure_ascii=False, sort_keys=True)))
+
+
+def file_meta(db: sqlite3.Connection, vid: int) -> dict[str, str] | None:
+    """The metadata version `vid`'s source file carried, or None."""
+    if not has_table(db, "file_meta"):
+        return None
+    row = db.execute("SELECT json FROM file_meta WHERE version_id = ?", (vid,)).fetchone()
+    return json.loads(row[0]) if row else None
+
+
 def next_number(db: sqlite3.Connection, model_id: int) -> int:
     """The number of a model's next version: above every number it ever used, deleted ones
     included (`retired_numbers`, created by the first delete; see docs/FORMAT.md §7)."""
     (number,) = db.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE model_id=?", (model_id,)).fetchone()
-    if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='retired_numbers'").fetchone():
+    if has_table(db, "retired_numbers"):
         row = db.execute("SELECT last FROM retired_numbers WHERE model_id=?", (model_id,)).fetchone()
         if row is not None:
             number = max(number, row[0] + 1)

@@ -27,7 +27,7 @@ from modelstore.catalog import (
     created_iso,
     now_iso,
 )
-from modelstore.catalog_schema import next_number
+from modelstore.catalog_schema import MAX_FILE_META, next_number, set_file_meta
 from modelstore.errors import (  # noqa: F401
     InvalidInputError,
     ModelstoreError,
@@ -76,6 +76,9 @@ def export_version(catalog: Catalog, vid: int) -> dict:
             "SELECT name, created, author FROM tags WHERE version_id = ? ORDER BY name", (vid,))]
         doc["comments"] = [dict(zip(("author", "created", "text"), r)) for r in db.execute(
             "SELECT author, created, text FROM comments WHERE version_id = ? ORDER BY id", (vid,))]
+        meta = catalog.file_meta(vid)
+        if meta:
+            doc["file_meta"] = meta
     return doc
 
 
@@ -235,6 +238,11 @@ def check_doc(doc) -> str:
         _text(c.get("text"), "comment", MAX_COMMENT, optional=False)
         _text(c.get("author"), "comment author", 200, optional=False)
         _text(c.get("created"), "comment time", 100, optional=False)
+    fm = doc.get("file_meta")
+    if fm is not None and not (isinstance(fm, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                                             for k, v in fm.items())
+                               and sum(len(k) + len(v) for k, v in fm.items()) <= MAX_FILE_META):
+        raise InvalidInputError("sync document: file_meta must be an object of strings (at most 1 MiB)")
     return cid
 
 
@@ -278,6 +286,7 @@ def import_version(catalog: Catalog, doc: dict, *, tensors=None, tag_updates=(),
                  doc.get("n_tensors", 0), doc.get("dtype") or "")).lastrowid
             db.executemany("INSERT OR IGNORE INTO tensors(content_id, name, dtype, shape, nbytes) VALUES(?,?,?,?,?)",
                            [(cid, *t) for t in tensors])
+            set_file_meta(db, vid, doc.get("file_meta"))
         (number, vcreated) = db.execute("SELECT number, created FROM versions WHERE id = ?", (vid,)).fetchone()
         for pm, pc, *puid in doc.get("parents") or []:
             pid = find_version(catalog, pm, pc, puid[0] if puid else None)

@@ -20,6 +20,7 @@ import numpy as np
 from modelstore import annotate, chunking, codecs, dtypes, hashing, kernels
 from modelstore.checkout import settle, worker_pool
 from modelstore.catalog import META_KEY, VersionInfo, check_meta_key, check_model_name
+from modelstore.catalog_schema import MAX_FILE_META
 from modelstore.chunkindex import Entry
 from modelstore.errors import InvalidInputError, ModelstoreError
 from modelstore.formats import open_model
@@ -101,6 +102,7 @@ def commit(
             n_tensors=len(manifest.tensors), dtype=by_dtype.most_common(1)[0][0] if by_dtype else "",
             parents=parent_ids, meta=merged_meta, metrics=metrics,
             tensors=[(e.name, e.dtype, str(list(e.shape)), e.nbytes) for e in manifest.tensors],
+            file_meta=file_metadata(src),
         )
 
 
@@ -372,6 +374,19 @@ def _delta_bases(store, model: str, parent_ids: list[int]) -> list[dict[str, Ten
     except ModelstoreError:
         pass
     return out
+
+
+def file_metadata(src) -> dict[str, str] | None:
+    """A .safetensors file's own __metadata__, kept verbatim so `checkout` writes it back
+    (its valid keys also become attributes); None for other sources or when oversized."""
+    meta = src.metadata
+    if src.format != "safetensors" or not meta:
+        return None
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        return None
+    if sum(len(k) + len(v) for k, v in meta.items()) > MAX_FILE_META:
+        raise InvalidInputError(f"the file's __metadata__ is larger than {MAX_FILE_META >> 20} MiB")
+    return dict(meta)
 
 
 def check_meta_lenient(meta: dict) -> dict[str, str]:

@@ -107,7 +107,8 @@ class Store:
             from modelstore.graph_store import onnx_proto_of_version
 
             proto = onnx_proto_of_version(self, info)
-        write_file(self, self.manifest(info), path, fmt, graph_proto=proto)
+        meta = self.catalog.file_meta(info.id) if fmt == "safetensors" else None
+        write_file(self, self.manifest(info), path, fmt, metadata=meta, graph_proto=proto)
         return path
 
     def log(self, model: str | None = None) -> list[VersionInfo]:

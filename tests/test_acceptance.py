@@ -444,8 +444,6 @@ def test_auth_scheme_is_case_insensitive(server):
     assert status == 201, data
 
 
-@pytest.mark.xfail(strict=True, reason="bug: checkout to .safetensors drops the file's __metadata__ that commit "
-                                       "kept as attributes (checkout.py never passes metadata to the writer)")
 def test_checkout_safetensors_keeps_its_metadata(shop, files, tmp_path):
     run_cli("checkout", "dtypes@1", "-o", tmp_path / "out.safetensors", store=shop, check=0)
     assert raw_safetensors(tmp_path / "out.safetensors")[1] == raw_safetensors(files / "all.safetensors")[1]

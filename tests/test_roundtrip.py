@@ -109,3 +109,44 @@ def test_bf16_values_survive(store):
     info = store.commit({"x": x}, model="bf")
     y = store.load(info.ref)["x"]
     assert y.dtype == ml_dtypes.bfloat16 and y.tobytes() == x.tobytes()
+
+
+def test_safetensors_metadata_survives_commit_checkout_and_catalog_sync(tmp_path):
+    """A .safetensors file's own __metadata__ comes back verbatim on checkout (keys that are
+    not valid attribute names included), travels with the version to another store, and
+    goes with the version when it is deleted; other sources write no metadata."""
+    import json
+    import struct
+
+    from safetensors.numpy import save_file
+
+    from modelstore.catalog_sync import export_version, import_version
+
+    def header_meta(path):
+        raw = path.read_bytes()
+        (n,) = struct.unpack("<Q", raw[:8])
+        return json.loads(raw[8:8 + n]).get("__metadata__")
+
+    meta = {"format": "pt", "lr": "3e-5", "not a key!": "ünïcode ✓", "empty": ""}
+    src = tmp_path / "m.safetensors"
+    save_file({"w": np.arange(12, dtype=np.float32).reshape(3, 4)}, str(src), metadata=meta)
+    with Store.init(tmp_path / "a") as a, Store.init(tmp_path / "b") as b:
+        v1 = a.commit(src, model="m")
+        a.checkout(v1.ref, tmp_path / "out.safetensors")
+        assert header_meta(tmp_path / "out.safetensors") == meta
+        v2 = a.commit({"w": np.zeros((3, 4), np.float32)}, model="m")
+        a.checkout(v2.ref, tmp_path / "plain.safetensors")
+        assert header_meta(tmp_path / "plain.safetensors") is None
+
+        doc = json.loads(json.dumps(export_version(a.catalog, v1.id)))  # as it travels
+        m = a.manifest(v1.ref)
+        b.index.commit_version({}, {}, m.content_id, m.to_json())
+        import_version(b.catalog, doc, tensors=[(t.name, t.dtype, str(list(t.shape)), t.nbytes) for t in m.tensors])
+        assert b.catalog.file_meta(b.resolve("m@1").id) == meta
+
+        bad = dict(doc, file_meta={"k": 1})
+        with pytest.raises(Exception, match="file_meta"):
+            import_version(b.catalog, bad, tensors=[])
+
+        a.delete(v1.ref)
+        assert a.catalog.db.execute("SELECT COUNT(*) FROM file_meta").fetchone()[0] == 0
