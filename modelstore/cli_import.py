@@ -42,7 +42,11 @@ def import_dir_cmd(
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable checkpoints (listed) instead of importing nothing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the import summary as JSON.")] = False,
 ):
-    """One version per checkpoint, in natural name order (epoch2 before epoch10), each the parent of the next."""
+    """One version per checkpoint, in natural name order (epoch2 before epoch10), each the parent of the next.
+
+    Re-running on the same folder imports only new or changed checkpoints (same file name and
+    same weights as an earlier import into MODEL are skipped and counted as already imported).
+    """
     from modelstore.cli import _emit_json, _open, _parse_kv, _size
     from modelstore.importers.dir import import_dir
 
@@ -62,9 +66,18 @@ def import_dir_cmd(
     if doc["ignored"]:
         _note(f"ignored {len(doc['ignored'])} other entr{'y' if len(doc['ignored']) == 1 else 'ies'}: "
               + ", ".join(doc["ignored"][:10]) + (" ..." if len(doc["ignored"]) > 10 else ""))
+    if doc["already_imported"]:
+        _note(f"already imported {doc['already_imported']} unchanged checkpoint"
+              f"{'' if doc['already_imported'] == 1 else 's'} (skipped): "
+              + ", ".join(f"{a['path']} ({a['ref']})" for a in doc["already_imported_files"][:10])
+              + (" ..." if doc["already_imported"] > 10 else ""))
+    if not doc["versions"]:
+        print(f"nothing new to import into {doc['model']}: {doc['already_imported']} checkpoint"
+              f"{'' if doc['already_imported'] == 1 else 's'} already imported")
+        return
     print(f"imported {len(doc['versions'])} versions of {doc['model']}: {_size(doc['raw_bytes'])} in "
           f"{doc['seconds']:.1f} s ({doc['mb_per_s']:.0f} MB/s), stored {_size(doc['stored_bytes'])} "
-          f"({doc['stored_over_raw']:.3f} of raw)")
+          f"({doc['stored_over_raw']:.3f} of raw); {doc['already_imported']} already imported")
 
 
 @import_app.command("mlflow")

@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT, assert_one_line_error, run_cli
 from safetensors.numpy import save_file
 
-from modelstore.errors import InvalidInputError, NotFoundError
+from modelstore.errors import InvalidInputError, ModelstoreError, NotFoundError
 from modelstore.importers.dir import import_dir, natural_key
 from modelstore.importers.mlflow import import_mlflow
 from modelstore.store import Store
@@ -86,9 +86,64 @@ def test_import_dir_makes_one_version_per_file_with_lineage(tmp_path, ckpt_dir):
             back = s.load(v.ref)
             for k, arr in by_epoch[epoch].items():
                 np.testing.assert_array_equal(back[k], arr)
-    with Store.open(st) as s:  # a second import continues the line
-        again = import_dir(s, d, model="run1")
-        assert again["versions"][0]["parents"] == ["run1@5"] and s.resolve("run1@10").parents == ["run1@9"]
+    with Store.open(st) as s:  # the same folder into another model starts a new line
+        again = import_dir(s, d, model="run2")
+        assert again["versions"][0]["parents"] == [] and s.resolve("run2@5").parents == ["run2@4"]
+        assert again["already_imported"] == 0 and len(s.log("run1")) == 5
+
+
+def test_import_dir_rerun_imports_only_new_or_changed(tmp_path, ckpt_dir):
+    d, _ = ckpt_dir
+    hf = d / "checkpoint-7"
+    hf.mkdir()
+    save_file(_weights(7), str(hf / "model.safetensors"))
+    st = tmp_path / "s"
+    run_cli("init", st, check=0)
+    first = json.loads(run_cli("import", "dir", d, "--model", "run1", "--json", store=st, check=0).stdout)
+    assert len(first["versions"]) == 6 and first["already_imported"] == 0
+    by_source = {v["meta"]["source"]: v for v in first["versions"]}
+
+    again = json.loads(run_cli("import", "dir", d, "--model", "run1", "--json", store=st, check=0).stdout)
+    assert again["versions"] == [] and again["already_imported"] == 6
+    assert {a["path"]: (a["ref"], a["content_id"]) for a in again["already_imported_files"]} == {
+        name: (v["ref"], v["content_id"]) for name, v in by_source.items()}
+    p = run_cli("import", "dir", d, "--model", "run1", store=st, check=0)  # human summary says so
+    assert p.stdout.strip() == "nothing new to import into run1: 6 checkpoints already imported"
+    assert "checkpoint-7 (run1@1), epoch1.safetensors (run1@2)" in p.stderr
+
+    # a new file, a rewritten file, and identical weights under a new name are imported
+    _write(d / "epoch30.safetensors", _weights(30))
+    _write(d / "epoch3.npz", _weights(33))
+    (d / "last.safetensors").write_bytes((d / "epoch1.safetensors").read_bytes())
+    doc = json.loads(run_cli("import", "dir", d, "--model", "run1", "--json", store=st, check=0).stdout)
+    assert [v["meta"]["source"] for v in doc["versions"]] == ["epoch3.npz", "epoch30.safetensors", "last.safetensors"]
+    assert doc["versions"][0]["parents"] == ["run1@6"] and doc["already_imported"] == 5
+    assert doc["versions"][2]["content_id"] == by_source["epoch1.safetensors"]["content_id"]
+    assert doc["versions"][0]["content_id"] != by_source["epoch3.npz"]["content_id"]
+    # the human summary of a partial re-run
+    _write(d / "epoch40.safetensors", _weights(40))
+    p = run_cli("import", "dir", d, "--model", "run1", store=st, check=0)
+    assert p.stdout.splitlines()[-1].startswith("imported 1 versions of run1") and "; 8 already imported" in p.stdout
+    (d / "epoch40.safetensors").unlink()
+    with Store.open(st) as s:
+        assert len(s.log("run1")) == 10
+        np.testing.assert_array_equal(s.load("run1@7")["enc.bias"], _weights(33)["enc.bias"])
+        assert import_dir(s, d, model="run1")["versions"] == []  # and now it is all imported
+        # the content id computed without storing is the one a commit gives
+        from modelstore.importers.dir import content_id
+        for name in ("epoch2.pt", "epoch20.pth", "checkpoint-7"):
+            assert content_id(s, d / name) == by_source[name]["content_id"]
+
+
+def test_import_dir_rerun_with_bad_file(tmp_path, ckpt_dir, store):
+    d, _ = ckpt_dir
+    assert len(import_dir(store, d, model="m")["versions"]) == 5
+    (d / "epoch2.pt").write_bytes(b"not a torch file")  # damaged after import: not silently skipped
+    with pytest.raises(ModelstoreError, match="epoch2.pt"):
+        import_dir(store, d, model="m")
+    doc = import_dir(store, d, model="m", skip_bad=True)
+    assert doc["versions"] == [] and doc["already_imported"] == 4
+    assert [k["path"] for k in doc["skipped"]] == ["epoch2.pt"]
 
 
 def test_bad_file_imports_nothing_or_is_skipped(tmp_path, ckpt_dir):

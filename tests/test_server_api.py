@@ -248,6 +248,35 @@ def test_upload_round_trip_and_download(client, root, tmp_path):
     assert_error(client.get("/api/versions/plain/download", params={"format": "onnx"}), 400, "invalid_input")
 
 
+def test_download_head_answers_like_get_without_reading_chunks(client, root):
+    url = "/api/versions/org/net@2/download"
+    get, head = client.get(url), client.head(url)
+    assert head.status_code == 200 and head.content == b""
+    for h in ("content-length", "content-disposition", "content-type", "x-modelstore-ref", "x-modelstore-content-id"):
+        assert head.headers[h] == get.headers[h], h
+    assert int(head.headers["content-length"]) == len(get.content)
+    # npz/pt: the same headers but no Content-Length (known only once converted), and nothing converted
+    npz_get, npz_head = client.get(url, params={"format": "npz"}), client.head(url, params={"format": "npz"})
+    assert npz_head.status_code == 200 and npz_head.content == b"" and "content-length" not in npz_head.headers
+    assert npz_head.headers["content-disposition"] == npz_get.headers["content-disposition"] \
+        == 'attachment; filename="org--net-v2.npz"'
+    assert os.listdir(root / "tmp") == []
+    assert client.head("/api/versions/nope@1/download").status_code == 404
+    assert client.head(url, params={"format": "onnx"}).status_code == 400
+    # no chunk is read: with the pack files gone, GET cannot send the weights but HEAD still answers
+    (root / "packs").rename(root / "packs.away")
+    try:
+        with TestClient(create_app(root), raise_server_exceptions=False) as c:
+            again = c.head(url)
+            assert again.status_code == 200 and again.headers["content-length"] == get.headers["content-length"]
+            assert len(c.get(url).content) < len(get.content)  # the stream breaks at the first chunk
+    finally:
+        (root / "packs.away").rename(root / "packs")
+    with TestClient(create_app(root, read_tokens=("ro",), private=True)) as c:
+        assert c.head(url).status_code == 401
+        assert c.head(url, headers={"Authorization": "Bearer ro"}).status_code == 200
+
+
 def test_upload_refusals_write_nothing(root, tmp_path):
     src = tmp_path / "x.safetensors"
     save_file(_tensors(9), str(src))
@@ -388,7 +417,11 @@ def test_modelstore_serve_subprocess(root, tmp_path):
             with open(src, "rb") as f:  # streamed from the file
                 r = http.post("/api/models/srv/versions", content=f, headers={"Authorization": "Bearer tok"})
             assert r.status_code == 201, r.text
-            got = st_load(http.get("/api/versions/srv/download").content)
+            r = http.get("/api/versions/srv/download")
+            got = st_load(r.content)
+            head = http.head("/api/versions/srv/download")  # a real server sends no body, the same length
+            assert head.status_code == 200 and head.content == b""
+            assert head.headers["content-length"] == r.headers["content-length"] == str(len(r.content))
             assert all(got[k].tobytes() == a.tobytes() for k, a in _tensors(3).items())
             assert_error(http.post("/api/models/srv/versions", content=b"\0" * 1_000_001,
                                    headers={"Authorization": "Bearer tok"}), 413, "too_large")

@@ -179,6 +179,37 @@ def test_errors(client, url, status):
         assert r.headers["content-type"].startswith("text/html") and 'class="error"' in r.text
 
 
+@pytest.mark.parametrize("spelling,desc", [("true", True), ("false", False), ("1", True), ("0", False),
+                                            ("yes", True), ("no", False), ("True", True), ("NO", False)])
+def test_model_page_accepts_boolean_spellings(client, spelling, desc):
+    r = client.get("/models/mlp-deep", params={"sort": "epoch", "desc": spelling})
+    assert r.status_code == 200, r.text[:300]
+    order = (4, 3, 2, 1) if desc else (1, 2, 3, 4)
+    assert refs_in_table(r.text, "versions-table") == [f"mlp-deep@{n}" for n in order]
+
+
+@pytest.mark.parametrize("url,names", [
+    ("/models/mlp-wide?desc=maybe", ["desc=&#39;maybe&#39;", "true/false"]),
+    ("/models/mlp-wide?page=two", ["page=&#39;two&#39;", "whole number"]),
+    ("/models/mlp-wide?desc=2&page=x", ["desc=&#39;2&#39;", "page=&#39;x&#39;"]),
+    ("/?page=last", ["page=&#39;last&#39;"]),
+    ("/models/mlp-wide?desc=<script>x</script>", ["desc=", "&lt;script&gt;"]),
+])
+def test_bad_page_parameters_are_an_html_400(client, url, names):
+    r = client.get(url)
+    assert r.status_code == 400, (url, r.status_code, r.text[:300])
+    assert r.headers["content-type"].startswith("text/html") and 'class="error"' in r.text
+    assert "invalid_input" in r.text and "<script>x" not in r.text
+    for n in names:
+        assert n in r.text, (n, r.text.split('class="error"', 1)[1][:300])
+
+
+def test_api_keeps_the_json_envelope_for_bad_parameters(client):
+    r = client.get("/api/models/mlp-wide/versions", params={"limit": "lots"})
+    assert r.status_code == 422 and r.headers["content-type"].startswith("application/json")
+    assert set(r.json()) == {"error"} and r.json()["error"]["kind"] == "invalid_input"
+
+
 # -- escaping, static files, access ------------------------------------------------------------
 def test_hostile_text_is_escaped(client):
     html = client.get("/versions/acme/mlp-ft").text

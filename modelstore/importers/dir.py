@@ -14,6 +14,12 @@ one error naming it and nothing is committed; with `skip_bad=True` it is skipped
 under "skipped" with its reason, and the chain links the remaining versions. A failure
 while committing (a file damaged past its header, disk full, Ctrl-C) deletes the versions
 this import already made, so an import is all or nothing (their chunks go at `gc`).
+
+Re-running is safe: a checkpoint already imported into `model` -- a version whose
+"source" attribute is the file's name AND whose content id equals the file's (its chunks
+hashed, nothing stored) -- is not committed again but listed under "already_imported_files";
+a file renamed or rewritten since is imported as new. New checkpoints descend from the
+model's latest version, so adding epoch30.pt to the folder and re-running extends the line.
 """
 
 from __future__ import annotations
@@ -56,6 +62,45 @@ def _check_readable(path: Path) -> None:
             raise InvalidInputError(f"{path}: holds no tensors")
 
 
+def content_id(store, path: Path) -> str:
+    """The content id `store.commit(path)` would give (hex), from the file's chunk hashes
+    alone: the same chunking and identity as modelstore.commit, nothing written."""
+    from modelstore import chunking, dtypes, hashing
+    from modelstore.formats import open_model
+    from modelstore.manifest import Manifest, TensorEntry
+
+    target = store.config.chunk_target_bytes
+    entries = []
+    with open_model(os.fspath(path)) as src:
+        if not src.tensors:
+            raise InvalidInputError(f"{path}: holds no tensors")
+        for t in src.tensors:
+            dt = dtypes.get(t.dtype)
+            rows = chunking.chunk_rows(t.shape, dt.itemsize, target)
+            buf = t.buffer() if t.nbytes else memoryview(b"")
+            ids = []
+            for off, length in chunking.chunk_spans(t.shape, dt.itemsize, rows):
+                ids.append(hashing.digest(buf[off:off + length]))
+                t.release(off, off + length)
+            del buf
+            entries.append(TensorEntry(t.name, dt.name, tuple(t.shape), rows, tuple(ids)))
+    return Manifest(tuple(entries)).content_id.hex()
+
+
+def _imported(store, model: str) -> dict[str, dict[str, str]]:
+    """{source file name: {content id: ref}} of the versions of `model` an import made."""
+    try:
+        log = store.log(model)
+    except NotFoundError:
+        return {}
+    out: dict[str, dict[str, str]] = {}
+    for v in log:
+        src = v.meta.get("source")
+        if isinstance(src, str):
+            out.setdefault(src, {}).setdefault(v.content_id, v.ref)
+    return out
+
+
 def _roll_back(store, versions) -> None:
     """Delete the versions this import made (newest first): an import is all or nothing.
     Their chunks stay until `gc`, as after `rm`."""
@@ -78,17 +123,23 @@ def import_dir(store, folder, *, model: str, parent: str | None = None, message:
     if not folder.is_dir():
         raise InvalidInputError(f"{folder}: not a folder (use `modelstore commit` for one file)")
     paths, ignored = candidates(folder)
-    skipped = []
-    good = []
+    done = _imported(store, model)
+    skipped, already, good = [], [], []
     for p in paths:  # validate all before committing any
         try:
-            _check_readable(p)
+            if p.name in done:  # hashing the chunks also proves it readable
+                cid = content_id(store, p)
+                if cid in done[p.name]:
+                    already.append({"path": p.name, "ref": done[p.name][cid], "content_id": cid})
+                    continue
+            else:
+                _check_readable(p)
             good.append(p)
         except ModelstoreError as e:
             if not skip_bad:
                 raise type(e)(f"import dir: {e} (nothing imported; fix or remove it, or pass --skip-bad)") from None
             skipped.append({"path": p.name, "error": str(e)})
-    if not good:
+    if not good and not already:
         raise InvalidInputError(f"{folder}: no readable checkpoint found "
                                 f"(looked for {', '.join(MODEL_SUFFIXES)} files and Hugging Face folders)")
     start = time.perf_counter()
@@ -111,6 +162,7 @@ def import_dir(store, folder, *, model: str, parent: str | None = None, message:
     return {
         "model": model, "folder": os.fspath(folder.resolve()),
         "versions": [v.to_dict() for v in versions], "skipped": skipped, "ignored": ignored,
+        "already_imported": len(already), "already_imported_files": already,
         "raw_bytes": raw, "stored_bytes": stored, "stored_over_raw": stored / raw if raw else 0.0,
         "seconds": seconds, "mb_per_s": raw / 1e6 / seconds if seconds > 0 else 0.0,
     }

@@ -12,7 +12,7 @@ from typing import Optional
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 
@@ -213,25 +213,47 @@ def tag(ref: str, body: TagIn, s=Depends(store), who=Depends(author)) -> dict:
     return s.tag(ref, body.name, delete=body.delete, author=who)
 
 
+def _download_headers(s, ref: str, fmt: str):
+    """(VersionInfo, response headers) of a download, GET and HEAD alike; a bad format is a 400."""
+    from modelstore.server.upload import SUFFIXES
+
+    if fmt not in SUFFIXES:
+        raise InvalidInputError(f"format {fmt[:40]!r}: use one of {', '.join(SUFFIXES)}")
+    info = s.resolve(ref)
+    filename = f"{info.model.replace('/', '--')}-v{info.number}{SUFFIXES[fmt]}"
+    return info, {"Content-Disposition": f'attachment; filename="{filename}"', "X-Modelstore-Ref": info.ref,
+                  "X-Modelstore-Content-Id": info.content_id}
+
+
 @router.get("/versions/{ref:path}/download", dependencies=READ,
             responses={200: {"content": {"application/octet-stream": {}}}})
 def download(request: Request, ref: str, format: str = "safetensors", s=Depends(store)):
     """The version as a model file: safetensors streamed chunk by chunk (bit-exact with
     `modelstore checkout`); npz and pt are written to a temp file first."""
     from modelstore.server.download import safetensors_stream
-    from modelstore.server.upload import SUFFIXES
 
-    if format not in SUFFIXES:
-        raise InvalidInputError(f"format {format[:40]!r}: use one of {', '.join(SUFFIXES)}")
-    info = s.resolve(ref)
-    filename = f"{info.model.replace('/', '--')}-v{info.number}{SUFFIXES[format]}"
-    headers = {"Content-Disposition": f'attachment; filename="{filename}"', "X-Modelstore-Ref": info.ref,
-               "X-Modelstore-Content-Id": info.content_id}
+    info, headers = _download_headers(s, ref, format)
     if format == "safetensors":
         length, body = safetensors_stream(s, s.manifest(info))
         headers["Content-Length"] = str(length)
         return StreamingResponse(body, media_type="application/octet-stream", headers=headers)
     return _file_download(request, s, info, format, headers)
+
+
+@router.head("/versions/{ref:path}/download", dependencies=READ, include_in_schema=False)
+def download_head(ref: str, format: str = "safetensors", s=Depends(store)) -> Response:
+    """GET's status and headers, no body, no chunk decoded: safetensors' Content-Length comes
+    from the manifest and chunk index. npz/pt sizes are known only once the file is written,
+    so their HEAD omits Content-Length (RFC 9110 9.3.2 allows it) rather than converting."""
+    from modelstore.server.download import safetensors_length
+
+    info, headers = _download_headers(s, ref, format)
+    if format == "safetensors":
+        headers["Content-Length"] = str(safetensors_length(s, s.manifest(info)))
+    resp = Response(media_type="application/octet-stream", headers=headers)
+    if format != "safetensors":  # Response would announce its empty body's length, 0
+        resp.raw_headers = [(k, v) for k, v in resp.raw_headers if k != b"content-length"]
+    return resp
 
 
 def _file_download(request: Request, s, info, fmt: str, headers: dict):

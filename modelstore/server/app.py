@@ -1,7 +1,9 @@
 """Build the FastAPI app for one store: per-thread Store handles, auth, one error envelope.
 
 Every error leaves the server as `{"error": {"kind": ..., "message": ...}}` with the status of
-its kind (modelstore.errors), so clients branch on `kind`, never on text.
+its kind (modelstore.errors), so clients branch on `kind`, never on text. The exception: a
+dashboard page (any path outside /api) with a query parameter that does not parse gets the
+dashboard's HTML error page with status 400, not FastAPI's JSON 422.
 """
 
 from __future__ import annotations
@@ -205,6 +207,11 @@ class GuardMiddleware:
         return await self.app(scope, capped, send)
 
 
+def _is_api(path: str) -> bool:
+    """The JSON API (its errors are the JSON envelope); every other route is a dashboard page."""
+    return path == "/api" or path.startswith("/api/")
+
+
 def _offline_docs(app: FastAPI) -> None:
     """/docs (Swagger UI) with its script and stylesheet served from the swagger-ui-bundle
     package, not a CDN, so the API docs work on a machine without internet."""
@@ -263,6 +270,10 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, read_tokens
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
+        if not _is_api(request.url.path):  # a dashboard page: its HTML error page, status 400
+            from modelstore.server.pages import bad_params_page
+
+            return bad_params_page(request, list(exc.errors()))
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return error_response(422, "invalid_input", f"{where}: {first.get('msg', 'invalid request')}")

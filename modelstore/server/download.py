@@ -14,13 +14,12 @@ from modelstore.chunkindex import check_entry
 from modelstore.errors import IntegrityError
 
 
-def safetensors_stream(store, manifest) -> tuple[int, Iterator[bytes]]:
-    """(total length, generator of the file's bytes) for a version's manifest.
+def _layout(store, manifest) -> tuple[bytes, int]:
+    """(the file's header, the tensors' byte count) from the manifest and chunk index only.
 
     Chunk sizes are checked against the tensors' sizes before anything is sent, so the
     Content-Length announced is the length streamed (a damaged store fails here, as a 500).
     """
-    from modelstore.checkout import iter_chunks
     from modelstore.formats.safetensors_io import build_header
 
     specs = [(t.name, dtypes.get(t.dtype), t.shape) for t in manifest.tensors]
@@ -28,6 +27,20 @@ def safetensors_stream(store, manifest) -> tuple[int, Iterator[bytes]]:
     total = sum(check_entry(cid, store.index.get(cid)).raw_len for t in manifest.tensors for cid in t.chunks)
     if total != manifest.nbytes:
         raise IntegrityError("chunk sizes do not add up to the tensors' sizes (run `modelstore fsck`)")
+    return head, total
+
+
+def safetensors_length(store, manifest) -> int:
+    """The downloaded file's length without reading a chunk's bytes (for HEAD)."""
+    head, total = _layout(store, manifest)
+    return len(head) + total
+
+
+def safetensors_stream(store, manifest) -> tuple[int, Iterator[bytes]]:
+    """(total length, generator of the file's bytes) for a version's manifest."""
+    from modelstore.checkout import iter_chunks
+
+    head, total = _layout(store, manifest)
 
     def body() -> Iterator[bytes]:
         yield head

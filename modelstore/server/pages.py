@@ -79,6 +79,18 @@ def render(request: Request, template: str, status: int = 200, **ctx) -> HTMLRes
     return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
 
+def error_page(request: Request, status: int, kind: str, message: str) -> HTMLResponse:
+    """The dashboard's HTML error page (never FastAPI's JSON) with `status`."""
+    title = "Not found" if status == 404 else "Cannot show this page"
+    return render(request, "error.html", status=status, title=title, kind=kind, message=message)
+
+
+def bad_params_page(request: Request, errors: list[dict]) -> HTMLResponse:
+    """A page's query parameters that do not parse (app.py's RequestValidationError handler for
+    every path outside /api): the error page with status 400 naming them."""
+    return error_page(request, 400, InvalidInputError.kind, pv.param_errors_text(errors))
+
+
 def html_errors(fn):
     """Render a ModelstoreError raised by a page as the error page (status of its kind)."""
     @functools.wraps(fn)
@@ -86,9 +98,7 @@ def html_errors(fn):
         try:
             return fn(request, *args, **kwargs)
         except ModelstoreError as exc:
-            title = "Not found" if isinstance(exc, NotFoundError) else "Cannot show this page"
-            return render(request, "error.html", status=exc.http_status, title=title, kind=exc.kind,
-                          message=str(exc))
+            return error_page(request, exc.http_status, exc.kind, str(exc))
     return wrapper
 
 
@@ -144,8 +154,9 @@ def models_page(request: Request, page: int = 1, s=STORE):
 
 @pages.get("/models/{model:path}", response_class=HTMLResponse)
 @html_errors
-def model_page(request: Request, model: str, sort: str = "version", desc: int = 1, page: int = 1,
+def model_page(request: Request, model: str, sort: str = "version", desc: bool = True, page: int = 1,
                s=STORE):
+    """`desc` takes the usual spellings: true/false, 1/0, yes/no, on/off (any case)."""
     from modelstore.query import query_ids
 
     if not any(name == model for name, _ in s.models()):
@@ -155,14 +166,14 @@ def model_page(request: Request, model: str, sort: str = "version", desc: int = 
     col = next((c for c in columns if c["key"] == sort), None)
     if col is None:
         raise InvalidInputError(f"cannot sort by {sort[:80]!r}: not a column of this table")
-    ids, _ = query_ids(s.catalog, f'model = "{model}"' + pv.order_clause(col, bool(desc)))
+    ids, _ = query_ids(s.catalog, f'model = "{model}"' + pv.order_clause(col, desc))
     page, pages = _page_number(page, len(ids))
     infos = s.catalog.versions_by_ids(ids[(page - 1) * PAGE_SIZE: page * PAGE_SIZE])
     rows = [{"info": i, "cells": [pv.model_cell(i, c) for c in columns[1:]]} for i in infos]  # [0]: version link
     nodes, edges, shown = pc.lineage_around(s.catalog, model, LINEAGE_NODES)
     graph = pv.lineage_layout([{**n, "key": n["id"]} for n in nodes], edges, focus_model=model)
     return render(request, "model.html", title=model, model=model, columns=columns, rows=rows, sort=sort,
-                  desc=bool(desc), page=page, pages=pages, total=len(ids), tags=s.tags(model),
+                  desc=desc, page=page, pages=pages, total=len(ids), tags=s.tags(model),
                   charts=pv.metric_charts(series), graph=graph,
                   graph_shown=shown)
 

@@ -71,6 +71,23 @@ def numeric_values(info: VersionInfo) -> dict[str, float]:
     return out
 
 
+# -- request errors -------------------------------------------------------------------------
+_TYPE_HINTS = {"bool": "use true/false, 1/0 or yes/no", "int": "use a whole number", "float": "use a number"}
+
+
+def param_errors_text(errors: list[dict]) -> str:
+    """FastAPI's validation errors of a page's query parameters as one line for the error page:
+    `desc='maybe': use true/false, 1/0 or yes/no; page='x': use a whole number`."""
+    parts = []
+    for e in errors[:5]:
+        name = ".".join(str(p) for p in e.get("loc", ())[1:]) or "request"
+        kind = str(e.get("type", "")).split("_", 1)[0]
+        value = e.get("input")
+        shown = f"={str(value)[:60]!r}" if isinstance(value, (str, int, float)) else ""
+        parts.append(f"{name}{shown}: {_TYPE_HINTS.get(kind) or e.get('msg', 'invalid value')}")
+    return "bad query parameter " + "; ".join(parts) if parts else "bad request parameters"
+
+
 # -- model page -----------------------------------------------------------------------------
 BUILTIN_COLUMNS = (("version", "version"), ("created", "created"), ("size", "size"), ("params", "params"),
                    ("stored", "new bytes"), ("author", "author"), ("message", "message"))
