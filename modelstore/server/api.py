@@ -234,7 +234,7 @@ def download(request: Request, ref: str, format: str = "safetensors", s=Depends(
 
     info, headers = _download_headers(s, ref, format)
     if format == "safetensors":
-        length, body = safetensors_stream(s, s.manifest(info))
+        length, body = safetensors_stream(s, s.manifest(info), s.catalog.file_meta(info.id))
         headers["Content-Length"] = str(length)
         return StreamingResponse(body, media_type="application/octet-stream", headers=headers)
     return _file_download(request, s, info, format, headers)
@@ -249,7 +249,7 @@ def download_head(ref: str, format: str = "safetensors", s=Depends(store)) -> Re
 
     info, headers = _download_headers(s, ref, format)
     if format == "safetensors":
-        headers["Content-Length"] = str(safetensors_length(s, s.manifest(info)))
+        headers["Content-Length"] = str(safetensors_length(s, s.manifest(info), s.catalog.file_meta(info.id)))
     resp = Response(media_type="application/octet-stream", headers=headers)
     if format != "safetensors":  # Response would announce its empty body's length, 0
         resp.raw_headers = [(k, v) for k, v in resp.raw_headers if k != b"content-length"]

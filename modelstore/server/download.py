@@ -14,7 +14,7 @@ from modelstore.chunkindex import check_entry
 from modelstore.errors import IntegrityError
 
 
-def _layout(store, manifest) -> tuple[bytes, int]:
+def _layout(store, manifest, metadata: dict[str, str] | None) -> tuple[bytes, int]:
     """(the file's header, the tensors' byte count) from the manifest and chunk index only.
 
     Chunk sizes are checked against the tensors' sizes before anything is sent, so the
@@ -23,24 +23,25 @@ def _layout(store, manifest) -> tuple[bytes, int]:
     from modelstore.formats.safetensors_io import build_header
 
     specs = [(t.name, dtypes.get(t.dtype), t.shape) for t in manifest.tensors]
-    head = build_header(specs, None, "download")
+    head = build_header(specs, metadata, "download")
     total = sum(check_entry(cid, store.index.get(cid)).raw_len for t in manifest.tensors for cid in t.chunks)
     if total != manifest.nbytes:
         raise IntegrityError("chunk sizes do not add up to the tensors' sizes (run `modelstore fsck`)")
     return head, total
 
 
-def safetensors_length(store, manifest) -> int:
+def safetensors_length(store, manifest, metadata: dict[str, str] | None = None) -> int:
     """The downloaded file's length without reading a chunk's bytes (for HEAD)."""
-    head, total = _layout(store, manifest)
+    head, total = _layout(store, manifest, metadata)
     return len(head) + total
 
 
-def safetensors_stream(store, manifest) -> tuple[int, Iterator[bytes]]:
-    """(total length, generator of the file's bytes) for a version's manifest."""
+def safetensors_stream(store, manifest, metadata: dict[str, str] | None = None) -> tuple[int, Iterator[bytes]]:
+    """(total length, generator of the file's bytes) for a version's manifest; `metadata`:
+    the source file's own __metadata__ (Catalog.file_meta), written back as checkout does."""
     from modelstore.checkout import iter_chunks
 
-    head, total = _layout(store, manifest)
+    head, total = _layout(store, manifest, metadata)
 
     def body() -> Iterator[bytes]:
         yield head
