@@ -277,7 +277,7 @@ void py_splithuff_decode(py::handle payload, py::handle out) {
 }
 
 // -- xordelta codec: (chunk XOR base) in byte planes; many links applied in one call --------
-py::bytes py_xordelta_encode(py::handle buf, py::handle base, int k) {
+py::bytes py_xordelta_encode(py::handle buf, py::handle base, int k, double min_gain) {
     ByteView v(buf), b(base);
     const std::size_t n = v.size();
     if (b.size() != n) throw py::value_error("xordelta: chunk and base differ in length");
@@ -288,7 +288,8 @@ py::bytes py_xordelta_encode(py::handle buf, py::handle base, int k) {
     std::size_t size;
     {
         py::gil_scoped_release release;
-        size = modelstore::xordelta::encode(v.data(), b.data(), n, k, reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(out)));
+        size = modelstore::xordelta::encode(v.data(), b.data(), n, k, reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(out)),
+                                           min_gain);
     }
     if (_PyBytes_Resize(&out, Py_ssize_t(size)) != 0) throw py::error_already_set();
     return py::reinterpret_steal<py::bytes>(out);
@@ -364,7 +365,7 @@ PYBIND11_MODULE(_native, m) {
           "Byte-plane split + Huffman encode of a chunk of k-byte elements (see splithuff.hpp).");
     m.def("splithuff_decode", &py_splithuff_decode, py::arg("payload"), py::arg("out"),
           "Decode a splithuff payload into the writable buffer `out` (exactly the raw size); ValueError if corrupt.");
-    m.def("xordelta_encode", &py_xordelta_encode, py::arg("buf"), py::arg("base"), py::arg("k"),
+    m.def("xordelta_encode", &py_xordelta_encode, py::arg("buf"), py::arg("base"), py::arg("k"), py::arg("min_gain") = 0.0,
           "Encode (buf XOR base) of k-byte elements as byte planes (see xordelta.hpp).");
     m.def("xordelta_apply", &py_xordelta_apply, py::arg("payloads"), py::arg("out"), py::arg("root") = py::none(),
           "XOR every xordelta payload into `out` (the decoded base, exactly the raw size); with `root` (a splithuff "

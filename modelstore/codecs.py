@@ -114,17 +114,19 @@ def encode_delta(raw, base, dtype: DType) -> bytes:
                                   else [blosc2.Filter.NOFILTER]})
 
 
-def encode_xor(raw, base, dtype: DType) -> tuple[int, bytes]:
+def encode_xor(raw, base, dtype: DType, min_gain: float = 0.0) -> tuple[int, bytes]:
     """The delta record of `raw` against `base`: (encoding, payload).
 
     xor-planes (native) codes each byte plane of the XOR with the cheapest of raw,
     constant, Huffman and zero-run Huffman, and decodes several times faster than the
-    blosc2 fallback used when the extension is missing.
+    blosc2 fallback used when the extension is missing. A plane is Huffman-coded only if
+    that saves `min_gain` of it: a record many versions decode through must pay for the
+    ~10x slower decode of a Huffman plane with a larger saving.
     """
     mv = memoryview(raw).cast("B")
     k = dtype.itemsize if dtype.itemsize <= 8 else 1
     if _native is not None and mv.nbytes % k == 0 and mv.nbytes // k < 0xFFFFFFF0:
-        return XOR_PLANES, _native.xordelta_encode(mv, memoryview(base).cast("B"), k)
+        return XOR_PLANES, _native.xordelta_encode(mv, memoryview(base).cast("B"), k, min_gain)
     return XOR_BLOSC2, encode_delta(raw, base, dtype)
 
 

@@ -34,6 +34,12 @@ MAX_META_VALUE = 10_000
 # bf16 on trained weights), so a float delta this small is kept without also encoding
 # the plain record (most chunks of a training series: their deltas are ~0.4-0.5).
 _SURE_DELTA = 0.5
+# A delta record that f versions will decode through (f = 1 for most; f = lowbit of the
+# version's index for the skip-delta ladder's hubs) Huffman-codes a byte plane only if
+# that saves (1 + log2 f)/32 of it, at most _MAX_GAIN: hubs stay fast to decode for the
+# versions above them (benchmarks/bench_series.py: the newest of 50 fp32 checkpoints
+# decodes ~1.6x faster for ~0.5% more stored bytes).
+_MAX_GAIN = 0.25
 # Otherwise the plain record of the base chain's root (the same chunk of an earlier
 # version) predicts this chunk's plain size: a delta below this share of the prediction
 # is kept without encoding the plain record, which would cost a third of the commit.
@@ -79,8 +85,9 @@ def commit(
         # A graph (ONNX) is stored now, before the catalog row, under the lock gc waits for;
         # its derived figures become attributes (a value the user gave wins).
         meta = {**check_meta(prepare_from_source(store, src, meta)), **meta}
-        ingest = _Ingest(store, _delta_bases(store, model, parent_ids),
-                         base_cache(store, sum(t.nbytes for t in src.tensors)))
+        bases, fan_out = _delta_bases(store, model, parent_ids)
+        ingest = _Ingest(store, bases, base_cache(store, sum(t.nbytes for t in src.tensors)),
+                         min_gain=min(_MAX_GAIN, fan_out.bit_length() / 32))
         try:
             entries = ingest.run(src.tensors, target, progress)
         finally:
@@ -115,10 +122,12 @@ class _Ingest:
     chunks are in flight, so memory is bounded by a few chunks per worker.
     """
 
-    def __init__(self, store, bases: list[dict[str, TensorEntry]] | None = None, cache: "BaseCache | None" = None):
+    def __init__(self, store, bases: list[dict[str, TensorEntry]] | None = None, cache: "BaseCache | None" = None,
+                 min_gain: float = 0.0):
         self.store = store
         self.bases = bases or []
         self.cache = cache
+        self.min_gain = min_gain  # codecs.encode_xor
         self.max_depth = store.config.delta_depth
         self.new_entries: dict[bytes, Entry] = {}
         self.new_stats: dict[bytes, tuple] = {}
@@ -207,7 +216,7 @@ class _Ingest:
                 base_raw = cache.get(base[0]) if cache is not None else None
                 if base_raw is None:
                     base_raw = read_chunk(self.store, base[0], out=_scratch(length))
-                denc, delta = codecs.encode_xor(view, base_raw, dt)
+                denc, delta = codecs.encode_xor(view, base_raw, dt, self.min_gain)
                 if ((dt.kind == "f" and len(delta) <= _SURE_DELTA * length)
                         or len(delta) < _PREDICTED_MARGIN * base[2] * length):
                     return st, denc, delta, base[:2]
@@ -343,8 +352,9 @@ class _Done:
         pass
 
 
-def _delta_bases(store, model: str, parent_ids: list[int]) -> list[dict[str, TensorEntry]]:
-    """Tensors by name of the versions to delta-encode against, best first.
+def _delta_bases(store, model: str, parent_ids: list[int]) -> tuple[list[dict[str, TensorEntry]], int]:
+    """Tensors by name of the versions to delta-encode against, best first, and how many
+    versions will decode through the new version's delta records (its fan-out).
 
     Along a model's linear history bases follow a skip-delta ladder (as in Subversion):
     the version with 0-based number g deltas against version g - lowbit(g), so its chain
@@ -354,8 +364,8 @@ def _delta_bases(store, model: str, parent_ids: list[int]) -> list[dict[str, Ten
     (and the only candidate on a branch or a new model).
     """
     if not parent_ids or store.config.delta_depth <= 0:
-        return []
-    out = []
+        return [], 1
+    out, fan_out = [], 1
     parent = store.catalog.version_by_id(parent_ids[0])
     try:
         latest = store.catalog.resolve(f"{model}@latest")
@@ -363,6 +373,7 @@ def _delta_bases(store, model: str, parent_ids: list[int]) -> list[dict[str, Ten
         latest = None
     if latest is not None and latest.id == parent.id:
         g = latest.number  # the new version's number - 1
+        fan_out = g & -g  # versions g .. g + lowbit(g) - 1 will decode through it
         target = g - (g & -g) + 1
         if 1 <= target < latest.number:
             try:
@@ -373,7 +384,7 @@ def _delta_bases(store, model: str, parent_ids: list[int]) -> list[dict[str, Ten
         out.append(store.manifest(parent).by_name())
     except ModelstoreError:
         pass
-    return out
+    return out, fan_out
 
 
 def file_metadata(src) -> dict[str, str] | None:

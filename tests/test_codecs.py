@@ -279,3 +279,23 @@ def test_long_chain_with_dense_huffman_links(step):
         out = bytearray(v[0].nbytes)
         codecs.decode_chain(enc, root, links[:m][::-1], len(out), out)
         assert bytes(out) == v[m].tobytes(), m
+
+
+def test_min_gain_trades_huffman_planes_for_raw_ones():
+    """encode_xor(min_gain=g) Huffman-codes a plane only if that saves >= g of it: a higher
+    bar stores a little more, never less, and decodes to the same bytes."""
+    rng = np.random.default_rng(8)
+    a = (rng.standard_normal(1 << 18) * 0.02).astype(np.float32)
+    b = (a * (1 + 1e-3 * rng.standard_normal(a.size))).astype(np.float32)
+    dt = dtypes.get("F32")
+    sizes = []
+    for gain in (0.0, 0.1, 0.25, 1.0):
+        enc, payload = codecs.encode_xor(b.tobytes(), a.tobytes(), dt, gain)
+        out = bytearray(a.tobytes())
+        codecs.xor_into(enc, payload, a.nbytes, out)
+        assert bytes(out) == b.tobytes()
+        sizes.append(len(payload))
+        methods = [payload[2 + 6 * p] for p in range(4)]
+        if gain >= 1.0:
+            assert 1 not in methods  # no Huffman plane can save all of itself
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]

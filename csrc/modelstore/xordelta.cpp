@@ -124,7 +124,7 @@ size_t bound(size_t n, int k) {
     return 2 + size_t(k) * kPlaneHeader + n + size_t(k) * 64;
 }
 
-size_t encode(const uint8_t* cur, const uint8_t* base, size_t n, int k, uint8_t* dst) {
+size_t encode(const uint8_t* cur, const uint8_t* base, size_t n, int k, uint8_t* dst, double min_gain) {
     if (k < 1 || k > 8 || n % size_t(k)) throw std::invalid_argument("xordelta: n must be a multiple of k in 1..8");
     if (n / size_t(k) > 0xFFFFFFF0u) throw std::invalid_argument("xordelta: chunk too large");
     const size_t count = n / size_t(k);
@@ -161,7 +161,7 @@ size_t encode(const uint8_t* cur, const uint8_t* base, size_t n, int k, uint8_t*
                 method = kZrh;
                 size = zerorun::encode(p, count, plan, out);
             }
-            if (method != kZrh && sh < count) {
+            if (method != kZrh && sh < count && double(count - sh) >= min_gain * double(count)) {
                 method = kSplit;
                 size = sh;
                 std::memcpy(out, tmp, sh);

@@ -35,8 +35,9 @@ namespace xordelta {
 size_t bound(size_t n, int k);
 
 // Encode (cur XOR base), n bytes each (n % k == 0, 1 <= k <= 8), into dst (capacity >=
-// bound(n, k)). Returns the encoded size.
-size_t encode(const uint8_t* cur, const uint8_t* base, size_t n, int k, uint8_t* dst);
+// bound(n, k)). A plane is Huffman-coded only when that saves at least `min_gain` of it
+// (a Huffman plane decodes ~10x slower than a raw one). Returns the encoded size.
+size_t encode(const uint8_t* cur, const uint8_t* base, size_t n, int k, uint8_t* dst, double min_gain = 0.0);
 
 // XOR the deltas of m payloads into out (n bytes, holding the decoded base). XOR commutes,
 // so the links of a chain may come in any order. Throws std::runtime_error on any
