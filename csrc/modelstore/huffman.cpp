@@ -376,19 +376,12 @@ __attribute__((noipa)) void run_fast(Stream* st, const Tables& t) {
     else
         run_bulk<false>(st, t.one);
 }
-#if defined(__x86_64__) && defined(__GNUC__)
+#ifdef MODELSTORE_BMI2
 __attribute__((target("bmi2"), noipa)) void run_fast_bmi2(Stream* st, const Tables& t) {
     if (t.many)
         run_bulk<true>(st, t.multi);
     else
         run_bulk<false>(st, t.one);
-}
-bool has_bmi2() {
-    static const bool yes = [] {
-        __builtin_cpu_init();
-        return __builtin_cpu_supports("bmi2") != 0;
-    }();
-    return yes;
 }
 #endif
 
@@ -397,13 +390,13 @@ bool has_bmi2() {
 void decode_bytes(const Job* jobs, size_t n) {
     Stream st[kStreams];
     Tables& t = opaque(tables);
-#if defined(__x86_64__) && defined(__GNUC__)
-    const bool bmi2 = has_bmi2();
+#ifdef MODELSTORE_BMI2
+    const bool bmi2 = cpu_has_bmi2();
 #endif
     for (size_t j = 0; j < n; j++) {
         prepare(jobs[j], st, t);
         if (jobs[j].complete) {
-#if defined(__x86_64__) && defined(__GNUC__)
+#ifdef MODELSTORE_BMI2
             if (bmi2)
                 run_fast_bmi2(st, t);
             else

@@ -39,6 +39,19 @@ inline T& opaque(T& ref) {
     return *p;
 }
 
+// Whether the CPU has BMI2 (one-uop variable shifts): the bit-stream decoders are also
+// compiled for it (function target attributes) and pick that copy at run time.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define MODELSTORE_BMI2 1
+inline bool cpu_has_bmi2() {
+    static const bool yes = [] {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("bmi2") != 0;
+    }();
+    return yes;
+}
+#endif
+
 // Code lengths for the frequencies (0 = unused symbol), limited to kMaxLen.
 void code_lengths(const uint64_t* freq, int nsyms, uint8_t* len);
 // Canonical codes of the lengths, bit-reversed for LSB-first emission.

@@ -245,7 +245,7 @@ __attribute__((always_inline)) inline void apply_impl(const uint8_t* src, size_t
 }
 
 void apply_base(const uint8_t* src, size_t size, uint8_t* acc, size_t count) { apply_impl(src, size, acc, count); }
-#if defined(__x86_64__) && defined(__GNUC__)
+#ifdef MODELSTORE_BMI2
 __attribute__((target("bmi2"))) void apply_bmi2(const uint8_t* src, size_t size, uint8_t* acc, size_t count) {
     apply_impl(src, size, acc, count);
 }
@@ -254,12 +254,8 @@ __attribute__((target("bmi2"))) void apply_bmi2(const uint8_t* src, size_t size,
 }  // namespace
 
 void apply(const uint8_t* src, size_t size, uint8_t* acc, size_t count) {
-#if defined(__x86_64__) && defined(__GNUC__)
-    static const bool bmi2 = [] {
-        __builtin_cpu_init();
-        return __builtin_cpu_supports("bmi2") != 0;
-    }();
-    if (bmi2) return apply_bmi2(src, size, acc, count);
+#ifdef MODELSTORE_BMI2
+    if (huffman::cpu_has_bmi2()) return apply_bmi2(src, size, acc, count);
 #endif
     apply_base(src, size, acc, count);
 }
