@@ -299,3 +299,17 @@ def test_min_gain_trades_huffman_planes_for_raw_ones():
         if gain >= 1.0:
             assert 1 not in methods  # no Huffman plane can save all of itself
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+
+
+def test_sparse_plane_larger_than_the_token_buffer_round_trips():
+    """Zero-run planes over 4 Mi elements are tokenized twice instead of buffered (bounded
+    memory); both paths write the same format."""
+    rng = np.random.default_rng(9)
+    a = rng.integers(0, 256, (5 << 20) + 3, dtype=np.uint8)
+    b = a.copy()
+    b[rng.integers(0, a.size, 40_000)] ^= 0x21
+    payload = native.xordelta_encode(b.tobytes(), a.tobytes(), 1)
+    assert payload[2] == 3  # zero-run coded
+    out = bytearray(a.tobytes())
+    native.xordelta_apply([payload], memoryview(out))
+    assert bytes(out) == b.tobytes()

@@ -84,23 +84,32 @@ Plan plan(const uint8_t* p, size_t count) {
     uint64_t freq[kSyms] = {};
     uint64_t seg_freq[kStreams][kSyms] = {};
     uint64_t extra[kStreams] = {};
+    // Tokens are kept for encode() when the plane is at most kKeepTokens bytes (a token
+    // covers >= 1 byte: 8 bytes of buffer per byte at worst); a larger plane (a chunk of
+    // one huge row) is tokenized again by encode(), so memory stays bounded.
+    constexpr size_t kKeepTokens = size_t(4) << 20;
+    const bool keep = count <= kKeepTokens;
     std::vector<uint64_t>& buf = huffman::opaque(token_buf);
-    if (buf.capacity() > (size_t(4) << 20) && count <= (size_t(4) << 20))
-        std::vector<uint64_t>().swap(buf);  // keep 32 MiB at most
-    if (buf.size() < count) buf.resize(count);  // a token covers >= 1 byte
+    if (keep && buf.size() < count) buf.resize(count);
     // through a plain pointer: GCC re-derives a thread-local's address per access
-    uint64_t* const tok = buf.data();
+    uint64_t* const tok = keep ? buf.data() : nullptr;
     size_t nt = 0;
     for (int j = 0; j < kStreams; j++) {
         size_t a, m;
         huffman::segment(count, j, &a, &m);
         uint64_t* sf = seg_freq[j];
         uint64_t ex = 0;
-        tokens(p + a, m, [&](int s, int b, uint64_t v) {
-            sf[s]++;
-            ex += uint64_t(b);
-            tok[nt++] = uint64_t(s) | uint64_t(b) << 9 | v << 16;
-        });
+        if (keep)
+            tokens(p + a, m, [&](int s, int b, uint64_t v) {
+                sf[s]++;
+                ex += uint64_t(b);
+                tok[nt++] = uint64_t(s) | uint64_t(b) << 9 | v << 16;
+            });
+        else
+            tokens(p + a, m, [&](int s, int b, uint64_t) {
+                sf[s]++;
+                ex += uint64_t(b);
+            });
         extra[j] = ex;
         out.seg_tokens[j] = nt;
         for (int s = 0; s < kSyms; s++) freq[s] += sf[s];
@@ -119,8 +128,6 @@ Plan plan(const uint8_t* p, size_t count) {
 }
 
 size_t encode(const uint8_t* p, size_t count, const Plan& plan, uint8_t* dst) {
-    (void)p;
-    (void)count;
     huffman::pack_lengths(plan.len, kSyms, dst);
     for (int j = 0; j < kStreams - 1; j++) put_u32(dst + kLengths + 4 * j, uint32_t(plan.seg_bytes[j]));
     uint16_t code[kSyms] = {};
@@ -130,11 +137,22 @@ size_t encode(const uint8_t* p, size_t count, const Plan& plan, uint8_t* dst) {
     for (int j = 0; j < kStreams; j++) {
         uint8_t* const end = out + plan.seg_bytes[j];
         huffman::BitWriter w(out);
-        for (const size_t stop = plan.seg_tokens[j]; t < stop; t++) {
-            const uint64_t tk = plan.tokens[t];
-            const unsigned s = unsigned(tk & 511), b = unsigned(tk >> 9) & 31, l = plan.len[s];
-            w.put(code[s] | (tk >> 16) << l, l + b);  // a code (<= 12 bits) and its extra bits (<= 31)
-            if (w.bits > 20) w.flush();  // a token is <= 43 bits: never past 64
+        // a code (<= 12 bits) and its extra bits (<= 31); a token is <= 43 bits, so
+        // flushing past 20 pending bits never overflows the 64-bit buffer
+        auto put = [&](unsigned s, unsigned b, uint64_t v) {
+            const unsigned l = plan.len[s];
+            w.put(code[s] | v << l, l + b);
+            if (w.bits > 20) w.flush();
+        };
+        if (plan.tokens) {
+            for (const size_t stop = plan.seg_tokens[j]; t < stop; t++) {
+                const uint64_t tk = plan.tokens[t];
+                put(unsigned(tk & 511), unsigned(tk >> 9) & 31, tk >> 16);
+            }
+        } else {
+            size_t a, m;
+            huffman::segment(count, j, &a, &m);
+            tokens(p + a, m, [&](int s, int b, uint64_t v) { put(unsigned(s), unsigned(b), v); });
         }
         out = w.finish();
         if (out != end) throw std::logic_error("zerorun: size mismatch");
