@@ -54,13 +54,6 @@ class Location:
     offset: int  # of the record header
 
 
-def _write_all(fd: int, data) -> None:
-    mv = memoryview(data).cast("B")
-    while mv.nbytes:
-        n = os.write(fd, mv)
-        mv = mv[n:]
-
-
 class PackWriter:
     """Appends records to a locked pack; a background thread does the file writes."""
 
@@ -81,9 +74,19 @@ class PackWriter:
 
     # -- choosing a pack -------------------------------------------------------------
     def _open_pack(self) -> None:
+        """Take a pack to append to: a small one no other writer holds, else a new one.
+
+        A new pack is created, then locked: in between, another writer could lock it and
+        append from offset 0, and this one would later write over those records. So a pack
+        without its file header yet (being created) is never taken over, and the creator
+        locks without waiting (another number if it lost the race anyway)."""
         existing = list_packs(self.packs_dir)
         for number, path in sorted(existing.items()) if self.reuse else ():
-            if path.stat().st_size >= self.max_bytes // 2 or number in self._used:
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            if size < len(FILE_HEADER) or size >= self.max_bytes // 2 or number in self._used:
                 continue
             fd = os.open(path, os.O_WRONLY)
             try:
@@ -97,10 +100,15 @@ class PackWriter:
         while True:
             try:
                 fd = os.open(pack_path(self.packs_dir, number), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                break
             except FileExistsError:
                 number += 1
-        fcntl.flock(fd, fcntl.LOCK_EX)
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                os.close(fd)
+                number += 1
         self._new_files = True
         self._use(fd, number, 0)
 
@@ -109,21 +117,25 @@ class PackWriter:
         self._used.add(number)
         self._written.append(fd)
         if pos == 0:
-            self._q.put((fd, FILE_HEADER))
+            self._q.put((fd, [FILE_HEADER]))
             self._pos = len(FILE_HEADER)
 
     # -- public ----------------------------------------------------------------------
     def append(self, cid: bytes, encoding: int, raw_len: int, payload, base: bytes = NO_BASE) -> Location:
-        """Queue one record; returns where it will live once `finish()` has returned."""
+        """Queue one record; returns where it will live once `finish()` has returned.
+
+        `payload`: a bytes-like object, or a list of them written back to back (a record
+        received in pieces is written as it came, without joining it first)."""
         if self._error is not None:
             raise self._error
-        size = REC_HEADER.size + len(payload)
+        parts = payload if isinstance(payload, list) else [payload]
+        stored_len = sum(memoryview(p).nbytes for p in parts)
+        size = REC_HEADER.size + stored_len
         if self._fd < 0 or (self._pos > len(FILE_HEADER) and self._pos + size > self.max_bytes):
             self._open_pack()
         loc = Location(self._number, self._pos)
-        header = REC_HEADER.pack(REC_MAGIC, cid, encoding, raw_len, len(payload), base)
-        self._q.put((self._fd, header))
-        self._q.put((self._fd, payload))
+        header = REC_HEADER.pack(REC_MAGIC, cid, encoding, raw_len, stored_len, base)
+        self._q.put((self._fd, [header, *parts]))
         self._pos += size
         return loc
 
@@ -159,8 +171,13 @@ class PackWriter:
         self._written.clear()
         self._fd = -1
 
+    # Hand written bytes to the disk this often while appending, so finish()'s fsync has
+    # little left to flush (it is what a push's ack and a commit wait for).
+    WRITEBACK_EVERY = 8 << 20
+
     def _run(self) -> None:
         unsynced = 0
+        flushed: dict[int, int] = {}  # fd -> offset up to which writeback was started
         while True:
             item = self._q.get()
             if item is None:
@@ -169,14 +186,44 @@ class PackWriter:
                 continue
             fd, data = item
             try:
-                _write_all(fd, data)
-                # Push data to disk while the encoders work, so finish()'s fsync is short.
-                unsynced += len(data)
-                if unsynced >= SYNC_EVERY:
-                    os.fdatasync(fd)
+                unsynced += self._writev_all(fd, data)
+                if unsynced >= self.WRITEBACK_EVERY:
+                    self._start_writeback(fd, flushed)
                     unsynced = 0
             except BaseException as exc:  # surfaced to the caller by append/finish
                 self._error = exc
+
+    @staticmethod
+    def _writev_all(fd: int, bufs: list) -> int:
+        """Write the buffers back to back (os.writev, as few calls as it takes); returns the bytes."""
+        views = [memoryview(b).cast("B") for b in bufs]
+        total = sum(v.nbytes for v in views)
+        while views:
+            n = os.writev(fd, views[:1024])  # IOV_MAX
+            while views and n >= views[0].nbytes:
+                n -= views[0].nbytes
+                views.pop(0)
+            if n:
+                views[0] = views[0][n:]
+        return total
+
+    @staticmethod
+    def _start_writeback(fd: int, flushed: dict[int, int]) -> None:
+        """Start (not wait for) writeback of what was written to `fd` since the last call:
+        sync_file_range queues the pages and returns, so the writes go on meanwhile. Where
+        it is missing (not Linux), fdatasync every SYNC_EVERY bytes instead."""
+        end = os.lseek(fd, 0, os.SEEK_CUR)
+        begin = flushed.get(fd, 0)
+        if hasattr(os, "sync_file_range"):
+            try:
+                os.sync_file_range(fd, begin, end - begin, os.SYNC_FILE_RANGE_WRITE)
+                flushed[fd] = end
+                return
+            except OSError:  # a filesystem without it: finish()'s fsync does all the work
+                pass
+        if end - begin >= SYNC_EVERY:
+            os.fdatasync(fd)
+            flushed[fd] = end
 
 
 class PackReader:

@@ -11,8 +11,11 @@ whole batch. A delta record is accepted only when this store already holds its b
 
 from __future__ import annotations
 
+import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
+
+import numpy as np
 
 from modelstore import codecs, dtypes, hashing
 from modelstore.chunkindex import Entry
@@ -31,6 +34,29 @@ from modelstore.remote.wire import MAX_RECORD
 MAX_CHAIN = 32  # a received delta deeper than this on our side is stored plain
 
 
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _forget_pool() -> None:
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()  # a forked child has none of the parent's threads
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _verify_pool() -> ThreadPoolExecutor:
+    """The process's verify threads, shared by every batch in flight: parallel batches then
+    add no threads beyond the cores (they would only contend), and each thread keeps its
+    scratch buffers from one batch to the next."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max(2, codecs.THREADS), thread_name_prefix="verify")
+        return _pool
+
+
 class Receiver:
     """Ingest one batch as its bytes arrive: records are parsed as soon as they are whole,
     verified in a thread pool (decoding and hashing release the GIL) and appended to a pack
@@ -45,7 +71,7 @@ class Receiver:
         self.store = store
         self._lock_cm = store_lock(store.layout.lock, exclusive=False)
         self._lock_cm.__enter__()
-        self.pool = ThreadPoolExecutor(max(2, codecs.THREADS), thread_name_prefix="verify")
+        self.pool = _verify_pool()
         self.writer: PackWriter | None = None
         self.append_lock = threading.Lock()
         self.entries: dict[bytes, Entry] = {}
@@ -105,16 +131,20 @@ class Receiver:
         self.futures.append(self.pool.submit(self._verify_and_append, cid, enc, raw_len, base, pieces))
 
     def _verify_and_append(self, cid, enc, raw_len, base, pieces) -> None:
-        payload = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        del pieces[:]
-        enc, base, depth, payload = _verify(self.store, cid, enc, raw_len, base, payload)
+        if self.closed:
+            return
+        # Decoding needs the payload in one buffer: join into this thread's reusable one (a
+        # fresh multi-MiB buffer per record costs page faults), and write the received pieces.
+        joined = pieces[0] if len(pieces) == 1 else _join_into(pieces)
+        out_enc, base, depth, payload = _verify(self.store, cid, enc, raw_len, base, joined)
+        stored = pieces if payload is joined else payload  # re-encoded: a buffer of its own
         with self.append_lock:
             if self.closed:
                 return
             if self.writer is None:
                 self.writer = PackWriter(self.store.layout.packs)
-            loc = self.writer.append(cid, enc, raw_len, payload, base)
-            self.entries[cid] = Entry(loc.pack, enc, depth, loc.offset, len(payload), raw_len, base)
+            loc = self.writer.append(cid, out_enc, raw_len, stored, base)
+            self.entries[cid] = Entry(loc.pack, out_enc, depth, loc.offset, len(payload), raw_len, base)
 
     def finish(self) -> dict:
         try:
@@ -137,7 +167,7 @@ class Receiver:
             self.closed = True
         for f in self.futures:
             f.cancel()
-        self.pool.shutdown(wait=True)
+        wait(self.futures)  # none of ours still runs (the pool is shared: not shut down)
         with self.append_lock:
             if self.writer is not None:
                 self.writer.abort()
@@ -146,7 +176,8 @@ class Receiver:
 
     def _close(self) -> None:
         if self._lock_cm is not None:
-            self.pool.shutdown(wait=True)
+            wait(self.futures)
+            self.futures = []
             self._lock_cm.__exit__(None, None, None)
             self._lock_cm = None
 
@@ -165,11 +196,32 @@ def ingest_records(store, body) -> dict:
 _scratch = threading.local()
 
 
-def _scratch_for(n: int):
-    buf = getattr(_scratch, "buf", None)
+_KEEP_SCRATCH = 64 << 20  # a larger buffer is not kept (the verify threads live on)
+
+
+def _scratch_for(n: int, name: str = "buf"):
+    """This thread's reusable buffer `name` of at least n bytes."""
+    buf = getattr(_scratch, name, None)
     if buf is None or len(buf) < n:
-        buf = _scratch.buf = bytearray(max(n, 1 << 22))
+        buf = bytearray(max(n, 1 << 22))
+        if n <= _KEEP_SCRATCH:
+            setattr(_scratch, name, buf)
     return buf
+
+
+def _join_into(pieces) -> memoryview:
+    """The pieces back to back in this thread's join buffer (valid until its next record).
+
+    Copied with numpy, which releases the GIL (a memoryview or bytes copy holds it, and
+    would stall the event loop receiving the rest)."""
+    n = sum(len(p) for p in pieces)
+    buf = _scratch_for(n, "join")
+    dst = np.frombuffer(buf, np.uint8, n)
+    pos = 0
+    for p in pieces:
+        np.copyto(dst[pos:pos + len(p)], np.frombuffer(p, np.uint8))
+        pos += len(p)
+    return memoryview(buf)[:n]
 
 
 def _verify(store, cid: bytes, enc: int, raw_len: int, base: bytes, payload) -> tuple:

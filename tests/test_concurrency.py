@@ -51,3 +51,21 @@ def test_two_processes_commit_concurrently(tmp_path):
             for v in matches:
                 got = s.load(v.ref)
                 assert all(got[k].tobytes() == w.tobytes() for k, w in sd.items())
+
+
+def test_a_pack_without_its_header_is_never_taken_over(tmp_path):
+    """A pack just created by another writer (no file header yet) is not reused: appending
+    to it from offset 0 would race the creator, who would later write over those records."""
+    from modelstore.packs import FILE_HEADER, PackReader, PackWriter, pack_path
+
+    packs = tmp_path / "packs"
+    packs.mkdir()
+    pack_path(packs, 0).touch()  # another writer's pack, between create and header
+    w = PackWriter(packs)
+    loc = w.append(b"\x01" * 16, 0, 5, b"hello")
+    w.finish()
+    assert loc.pack != 0 and loc.offset == len(FILE_HEADER)
+    assert pack_path(packs, 0).stat().st_size == 0
+    r = PackReader(packs)
+    assert bytes(r.read(b"\x01" * 16, loc, 5)[3]) == b"hello"
+    r.close()

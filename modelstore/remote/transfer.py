@@ -1,9 +1,9 @@
 """Move the chunks of one version between stores: negotiate, then parallel batches.
 
 Push: send the version's chunk ids (plus the delta bases of our records) to the server,
-which answers the ids it lacks; only those travel, in even batches of at most about
-BATCH_BYTES, WORKERS requests at a time, straight from our pack files
-(wire.record_segments). Pull is the mirror: we compute what we lack, ask the server for
+which answers the ids it lacks; only those travel, in batches of at most about
+BATCH_BYTES (sized so the parallel requests' acks do not coincide: _batches), WORKERS
+requests at a time, straight from our pack files (wire.record_segments). Pull is the mirror: we compute what we lack, ask the server for
 those records' sizes and bases, and fetch them in batches; each batch is verified and
 made durable here (receive.Receiver) as it arrives. Either way a killed transfer resumes
 by negotiating again: accepted batches are never sent twice.
@@ -30,6 +30,8 @@ from modelstore.remote.wire import (
 
 BATCH_BYTES = int(os.environ.get("MODELSTORE_SYNC_BATCH_BYTES", str(64 << 20)))
 WORKERS = int(os.environ.get("MODELSTORE_SYNC_WORKERS", "3"))
+_GOLDEN = 0.6180339887498949
+MIN_BATCH_BYTES = 4 << 20  # the shrinking last batches stop here (each costs a request and an fsync)
 # Test hook: stop (sleep) once this many batches were acknowledged, so a test can SIGKILL a
 # transfer at a known point.
 PAUSE_ENV = "MODELSTORE_SYNC_PAUSE_AFTER"
@@ -54,21 +56,34 @@ class Stats:
 
 
 def _batches(ids: list[bytes], size_of) -> list[list[bytes]]:
-    """Cut `ids` into batches of at most about BATCH_BYTES, their number a multiple of
-    WORKERS and their sizes even, so the parallel requests finish together (no last round
-    with one small batch in flight)."""
+    """Cut `ids` (in sending order) into batches of at most about BATCH_BYTES for WORKERS
+    parallel requests, taken in order by whichever request is free.
+
+    Batches are not all equal: requests of equal size fall into step (one waiting for its
+    ack leaves the bandwidth to the others, so the ones behind catch up) and then all wait
+    for their pre-ack fsync at the same moment, with nothing on the wire. So the first
+    WORKERS ramp up (1/W, 2/W, ... of BATCH_BYTES) and the next ones vary between half and
+    all of it (a golden-ratio sequence: no two alike in a row), which keeps the acks spread.
+    The last ones shrink to a share of what remains, so the requests also end together (no
+    last round with one batch in flight)."""
+    w = max(1, WORKERS)
+    floor = min(MIN_BATCH_BYTES, BATCH_BYTES)
     sizes = [size_of(c) for c in ids]
-    total = sum(sizes)
-    n = max(1, -(-total // BATCH_BYTES))
-    n = -(-n // max(1, WORKERS)) * max(1, WORKERS) if n > 1 else n
-    n = min(n, len(ids)) or 1
-    out, cur, acc, k = [], [], 0, 1
+    remaining = sum(sizes)
+    out: list[list[bytes]] = []
+    cur: list[bytes] = []
+    acc, target = 0, 0
     for cid, s in zip(ids, sizes):
+        if not cur:
+            k = len(out)
+            ramp = BATCH_BYTES * (k + 1) // w if k < w else int(BATCH_BYTES * (0.5 + 0.5 * (k * _GOLDEN % 1.0)))
+            target = min(BATCH_BYTES, max(floor, min(ramp, remaining // w)))
         cur.append(cid)
         acc += s
-        if k < n and acc * n >= k * total:
+        if acc >= target:
             out.append(cur)
-            cur, k = [], k + 1
+            remaining -= acc
+            cur, acc = [], 0
     if cur:
         out.append(cur)
     return out
