@@ -54,6 +54,51 @@ class Location:
     offset: int  # of the record header
 
 
+class _WriterThreads:
+    """Daemon threads that each run one PackWriter's write loop at a time and then wait,
+    idle, for the next: a thread start per writer costs milliseconds on a busy machine,
+    paid by every small commit. Daemons, so an abandoned writer never blocks exit."""
+
+    MAX_IDLE = 4
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._idle: list[queue.SimpleQueue] = []
+
+    def run(self, fn) -> threading.Event:
+        """Run fn() on an idle thread (a new one if none is idle); the event is set when it returns."""
+        done = threading.Event()
+        with self._lock:
+            inbox = self._idle.pop() if self._idle else None
+        if inbox is None:
+            inbox = queue.SimpleQueue()
+            threading.Thread(target=self._loop, args=(inbox,), name="pack-writer", daemon=True).start()
+        inbox.put((fn, done))
+        return done
+
+    def _loop(self, inbox: queue.SimpleQueue) -> None:
+        while True:
+            fn, done = inbox.get()
+            try:
+                fn()  # PackWriter._run: keeps its errors for finish()
+            finally:
+                with self._lock:
+                    keep = len(self._idle) < self.MAX_IDLE
+                    if keep:
+                        self._idle.append(inbox)
+                done.set()
+            if not keep:
+                return
+
+    def forget(self) -> None:
+        self._lock = threading.Lock()
+        self._idle = []  # a forked child has none of the parent's threads
+
+
+_writer_threads = _WriterThreads()
+os.register_at_fork(after_in_child=_writer_threads.forget)
+
+
 class PackWriter:
     """Appends records to a locked pack; a background thread does the file writes."""
 
@@ -69,8 +114,7 @@ class PackWriter:
         self._new_files = False
         self._q: queue.Queue = queue.Queue(maxsize=queue_depth)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="pack-writer", daemon=True)
-        self._thread.start()
+        self._done = _writer_threads.run(self._run)
 
     # -- choosing a pack -------------------------------------------------------------
     def _open_pack(self) -> None:
@@ -142,7 +186,7 @@ class PackWriter:
     def finish(self) -> None:
         """Wait for every queued write, fsync each pack touched, release the locks."""
         self._q.put(None)
-        self._thread.join()
+        self._done.wait()
         try:
             if self._error is not None:
                 raise self._error
@@ -159,7 +203,7 @@ class PackWriter:
 
     def abort(self) -> None:
         self._q.put(None)
-        self._thread.join()
+        self._done.wait()
         self._close()
 
     def _close(self) -> None:

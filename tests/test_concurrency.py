@@ -69,3 +69,20 @@ def test_a_pack_without_its_header_is_never_taken_over(tmp_path):
     r = PackReader(packs)
     assert bytes(r.read(b"\x01" * 16, loc, 5)[3]) == b"hello"
     r.close()
+
+
+def test_pack_writers_reuse_their_threads(tmp_path):
+    """Sequential writers (one per commit) run on the same idle thread, not a new one each."""
+    import threading
+
+    from modelstore.packs import PackWriter
+
+    packs = tmp_path / "packs"
+    packs.mkdir()
+    before = {t.ident for t in threading.enumerate() if t.name == "pack-writer"}
+    for i in range(5):
+        w = PackWriter(packs)
+        w.append(bytes([i + 1]) * 16, 0, 3, b"abc")
+        w.finish()
+    after = {t.ident for t in threading.enumerate() if t.name == "pack-writer"}
+    assert len(after - before) <= 1
