@@ -223,6 +223,9 @@ def _write_safetensors(store, manifest: Manifest, path, metadata: dict[str, str]
         # a tensor's chunks must add up to its size, or the header would lie
     if offset - len(head) != manifest.nbytes:
         raise IntegrityError("chunk sizes do not add up to the tensors' sizes (run `modelstore fsck`)")
+    # Largest first (writes land at fixed offsets, so any order will do): a small model's
+    # few big chunks then start at once instead of queueing behind its biases.
+    jobs.sort(key=lambda j: -j[2])
 
     with atomic_output(path, durable=False) as f:
         fd = f.fileno()
