@@ -376,7 +376,7 @@ __attribute__((noipa)) void run_fast(Stream* st, const Tables& t) {
     else
         run_bulk<false>(st, t.one);
 }
-#ifdef MODELSTORE_BMI2
+#ifdef MODELSTORE_X86_TARGETS
 __attribute__((target("bmi2"), noipa)) void run_fast_bmi2(Stream* st, const Tables& t) {
     if (t.many)
         run_bulk<true>(st, t.multi);
@@ -390,13 +390,13 @@ __attribute__((target("bmi2"), noipa)) void run_fast_bmi2(Stream* st, const Tabl
 void decode_bytes(const Job* jobs, size_t n) {
     Stream st[kStreams];
     Tables& t = opaque(tables);
-#ifdef MODELSTORE_BMI2
+#ifdef MODELSTORE_X86_TARGETS
     const bool bmi2 = cpu_has_bmi2();
 #endif
     for (size_t j = 0; j < n; j++) {
         prepare(jobs[j], st, t);
         if (jobs[j].complete) {
-#ifdef MODELSTORE_BMI2
+#ifdef MODELSTORE_X86_TARGETS
             if (bmi2)
                 run_fast_bmi2(st, t);
             else

@@ -39,10 +39,11 @@ inline T& opaque(T& ref) {
     return *p;
 }
 
-// Whether the CPU has BMI2 (one-uop variable shifts): the bit-stream decoders are also
-// compiled for it (function target attributes) and pick that copy at run time.
+// x86-64 with GCC/Clang: hot loops are also compiled for BMI2 (one-uop variable shifts:
+// the bit-stream decoders) or AVX2 (xor-planes' byte split) with function target
+// attributes, and pick that copy at run time (the build stays portable).
 #if defined(__x86_64__) && defined(__GNUC__)
-#define MODELSTORE_BMI2 1
+#define MODELSTORE_X86_TARGETS 1
 inline bool cpu_has_bmi2() {
     static const bool yes = [] {
         __builtin_cpu_init();

@@ -11,6 +11,10 @@
 #include "modelstore/splithuff.hpp"
 #include "modelstore/zerorun.hpp"
 
+#ifdef MODELSTORE_X86_TARGETS
+#include <immintrin.h>
+#endif
+
 namespace modelstore {
 namespace xordelta {
 namespace {
@@ -22,8 +26,62 @@ using huffman::get_u32;
 
 using splithuff::xor_bytes;
 
+#ifdef MODELSTORE_X86_TARGETS
+// xor_split for k == 4, 16 elements a step with AVX2: XOR, gather each element's bytes by
+// plane within 128-bit lanes (vpshufb), then each plane's 4-byte groups across lanes
+// (vpermd), so every plane gets 8 contiguous bytes per 32 input bytes. Returns the
+// elements done (a multiple of 8); the caller finishes the tail.
+__attribute__((target("avx2"))) size_t xor_split4_avx2(const uint8_t* cur, const uint8_t* base, size_t count,
+                                                       uint8_t* p0, uint8_t* p1, uint8_t* p2, uint8_t* p3) {
+    const __m256i by_plane = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+                                              0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m256i lanes = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    size_t i = 0;
+    for (; i + 8 <= count; i += 8) {
+        __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cur + 4 * i));
+        __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(base + 4 * i));
+        __m256i x = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(_mm256_xor_si256(a, b), by_plane), lanes);
+        // 64-bit lanes now hold planes 0..3, 8 bytes each
+        __m128i lo = _mm256_castsi256_si128(x), hi = _mm256_extracti128_si256(x, 1);
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(p0 + i), lo);
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(p1 + i), _mm_unpackhi_epi64(lo, lo));
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(p2 + i), hi);
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(p3 + i), _mm_unpackhi_epi64(hi, hi));
+    }
+    return i;
+}
+
+bool cpu_has_avx2() {
+    static const bool yes = [] {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") != 0;
+    }();
+    return yes;
+}
+#endif
+
 // planes[b][i] = (cur ^ base)[i*k + b]
 void xor_split(const uint8_t* cur, const uint8_t* base, size_t count, int k, uint8_t* planes) {
+#ifdef MODELSTORE_X86_TARGETS
+    if (k == 4 && cpu_has_avx2()) {
+        uint8_t* p0 = planes;
+        uint8_t* p1 = planes + count;
+        uint8_t* p2 = planes + 2 * count;
+        uint8_t* p3 = planes + 3 * count;
+        size_t i = xor_split4_avx2(cur, base, count, p0, p1, p2, p3);
+        for (; i < count; i++) {
+            uint32_t a, b;
+            std::memcpy(&a, cur + 4 * i, 4);
+            std::memcpy(&b, base + 4 * i, 4);
+            uint32_t v = a ^ b;
+            p0[i] = uint8_t(v);
+            p1[i] = uint8_t(v >> 8);
+            p2[i] = uint8_t(v >> 16);
+            p3[i] = uint8_t(v >> 24);
+        }
+        return;
+    }
+#endif
     if (k == 4) {
         uint8_t* __restrict p0 = planes;
         uint8_t* __restrict p1 = planes + count;

@@ -263,7 +263,7 @@ __attribute__((always_inline)) inline void apply_impl(const uint8_t* src, size_t
 }
 
 void apply_base(const uint8_t* src, size_t size, uint8_t* acc, size_t count) { apply_impl(src, size, acc, count); }
-#ifdef MODELSTORE_BMI2
+#ifdef MODELSTORE_X86_TARGETS
 __attribute__((target("bmi2"))) void apply_bmi2(const uint8_t* src, size_t size, uint8_t* acc, size_t count) {
     apply_impl(src, size, acc, count);
 }
@@ -272,7 +272,7 @@ __attribute__((target("bmi2"))) void apply_bmi2(const uint8_t* src, size_t size,
 }  // namespace
 
 void apply(const uint8_t* src, size_t size, uint8_t* acc, size_t count) {
-#ifdef MODELSTORE_BMI2
+#ifdef MODELSTORE_X86_TARGETS
     if (huffman::cpu_has_bmi2()) return apply_bmi2(src, size, acc, count);
 #endif
     apply_base(src, size, acc, count);
