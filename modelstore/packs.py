@@ -29,6 +29,10 @@ MAX_PACK_BYTES = 1 << 30
 SYNC_EVERY = 64 << 20  # the writer thread syncs as it goes
 
 
+# Mapped records are read whole: populate the mapping in one call rather than fault by fault.
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+
+
 def record_size(stored_len: int) -> int:
     """Bytes of a record (header + payload) holding `stored_len` payload bytes."""
     return REC_HEADER.size + stored_len
@@ -271,13 +275,13 @@ class PackWriter:
 
 
 class PackReader:
-    """Reads records by location with pread, or as views of a memory map; thread-safe;
-    file handles and maps are cached."""
+    """Reads records by location with pread, or as views of a memory map of the record;
+    thread-safe; file handles are cached."""
 
     def __init__(self, packs_dir: Path):
         self.packs_dir = packs_dir
         self._fds: dict[int, int] = {}
-        self._maps: dict[int, mmap.mmap] = {}
+        self._sizes: dict[int, int] = {}  # pack -> file size last seen
         self._lock = threading.Lock()
 
     def _fd(self, pack: int) -> int:
@@ -317,30 +321,27 @@ class PackReader:
             raise IntegrityError(f"chunk {cid.hex()}: pack {loc.pack:08x} is truncated")
         return self._parse(cid, loc, stored_len, view)
 
+    # Records from this size up are mapped rather than copied (smaller ones: a pread is
+    # cheaper than mapping and unmapping).
+    MAP_FROM = 256 << 10
+
     def view(self, cid: bytes, loc: Location, stored_len: int) -> tuple[int, int, bytes, memoryview]:
-        """read() without a copy: the payload is a view of the pack's memory map (decoders
-        read the page cache directly; a chain's records cost no pread copies).
-
-        The map covers the file as it was when mapped; a record past its end re-maps
-        (the pack grew) and one past the file's end is an IntegrityError, never a SIGBUS.
-        """
+        """read() without a copy for large records: the payload is a view of a memory map
+        of just this record (decoders read the page cache directly; a chain's records cost
+        no pread copies). The map goes when the last view of it does, so the process's
+        resident memory stays a few records, not the packs read so far. A record past the
+        file's end is an IntegrityError, never a SIGBUS."""
         end = loc.offset + REC_HEADER.size + stored_len
-        m = self._maps.get(loc.pack)
-        if m is None or len(m) < end:
-            m = self._map(loc.pack, end, cid)
-        return self._parse(cid, loc, stored_len, memoryview(m)[loc.offset:end])
-
-    def _map(self, pack: int, end: int, cid: bytes) -> mmap.mmap:
-        fd = self._fd(pack)
-        with self._lock:
-            m = self._maps.get(pack)
-            if m is None or len(m) < end:
-                size = os.fstat(fd).st_size
-                if size < end:
-                    raise IntegrityError(f"chunk {cid.hex()}: pack {pack:08x} is truncated")
-                # an older, shorter map stays alive as long as views of it do
-                m = self._maps[pack] = mmap.mmap(fd, size, prot=mmap.PROT_READ)
-        return m
+        if stored_len < self.MAP_FROM:
+            return self.read(cid, loc, stored_len)
+        fd = self._fd(loc.pack)
+        if self._sizes.get(loc.pack, 0) < end:
+            self._sizes[loc.pack] = os.fstat(fd).st_size  # packs only grow
+            if self._sizes[loc.pack] < end:
+                raise IntegrityError(f"chunk {cid.hex()}: pack {loc.pack:08x} is truncated")
+        start = loc.offset - loc.offset % mmap.ALLOCATIONGRANULARITY
+        m = mmap.mmap(fd, end - start, flags=_MAP_FLAGS, prot=mmap.PROT_READ, offset=start)
+        return self._parse(cid, loc, stored_len, memoryview(m)[loc.offset - start:])
 
     @staticmethod
     def _parse(cid: bytes, loc: Location, stored_len: int, buf) -> tuple[int, int, bytes, memoryview]:
@@ -351,12 +352,6 @@ class PackReader:
 
     def close(self) -> None:
         with self._lock:
-            for m in self._maps.values():
-                try:
-                    m.close()
-                except BufferError:  # a caller still holds a view: the map goes with it
-                    pass
-            self._maps.clear()
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
