@@ -150,3 +150,41 @@ def test_safetensors_metadata_survives_commit_checkout_and_catalog_sync(tmp_path
 
         a.delete(v1.ref)
         assert a.catalog.db.execute("SELECT COUNT(*) FROM file_meta").fetchone()[0] == 0
+
+
+def test_checkout_memory_stays_bounded_by_a_few_chunks(tmp_path):
+    """Checking out a 192 MiB version (plain records and a delta chain on top) grows the
+    process's peak RSS by far less than the model: records are read (or mapped) one at a
+    time and released, never the whole packs."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    from conftest import ROOT
+
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((48, 1 << 20), dtype=np.float32) * 0.02)  # 48 x 4 MiB
+    with Store.init(tmp_path / "s") as s:
+        s.commit({f"w{i}": w[i].reshape(1024, 1024) for i in range(48)}, model="m")
+        w *= np.float32(1.0001)
+        s.commit({f"w{i}": w[i].reshape(1024, 1024) for i in range(48)}, model="m")
+    del w
+    script = textwrap.dedent(f"""
+        from modelstore.store import Store
+
+        def hwm_mb():
+            with open("/proc/self/status") as f:
+                return next(int(l.split()[1]) for l in f if l.startswith("VmHWM")) / 1024
+
+        s = Store.open({str(tmp_path / 's')!r})
+        base = hwm_mb()
+        for ref in ("m@2", "m@1"):
+            s.checkout(ref, {str(tmp_path / 'out.safetensors')!r})
+        print(hwm_mb() - base)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    grew_mb = float(out.stdout.strip())
+    assert grew_mb < 100, f"peak RSS grew by {grew_mb:.0f} MB checking out 192 MiB"
