@@ -6,6 +6,8 @@ CLI and HTTP layers only call these methods; errors are ModelstoreError subclass
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 from modelstore import config as cfg
@@ -27,6 +29,10 @@ class Store:
         self.index = ChunkIndex(self.layout.index, readonly=self.readonly)
         self.packs = PackReader(self.layout.packs)
         self.catalog = Catalog(self.layout.catalog, readonly=self.readonly)
+        # Parsed manifests by content id: content-addressed, so an entry never goes stale
+        # (a server or a training loop reads the same few versions again and again).
+        self._manifests: OrderedDict[str, Manifest] = OrderedDict()
+        self._manifests_lock = threading.Lock()
 
     def _writable(self) -> None:
         if self.readonly:
@@ -76,12 +82,24 @@ class Store:
     def resolve(self, ref: str) -> VersionInfo:
         return self.catalog.resolve(ref)
 
+    _MANIFEST_CACHE = 32
+
     def manifest(self, ref: str | VersionInfo) -> Manifest:
         info = ref if isinstance(ref, VersionInfo) else self.resolve(ref)
+        with self._manifests_lock:
+            m = self._manifests.get(info.content_id)
+            if m is not None:
+                self._manifests.move_to_end(info.content_id)
+                return m
         raw = self.index.get_manifest_bytes(bytes.fromhex(info.content_id))
         if raw is None:
             raise FormatError(f"{info.ref}: manifest {info.content_id} is missing (run `modelstore fsck`)")
-        return Manifest.from_json(raw)
+        m = Manifest.from_json(raw)
+        with self._manifests_lock:
+            self._manifests[info.content_id] = m
+            if len(self._manifests) > self._MANIFEST_CACHE:
+                self._manifests.popitem(last=False)
+        return m
 
     def load(self, ref: str, names=None) -> dict:
         """Every tensor of a version (or only `names`) as numpy arrays, bit-exact."""
