@@ -18,7 +18,6 @@ from modelstore import codecs, dtypes, hashing
 from modelstore.chunkindex import check_entry
 from modelstore.errors import IntegrityError
 from modelstore.manifest import Manifest, TensorEntry
-from modelstore.packs import record_size
 
 
 def delta_chain(store, cid: bytes) -> list:
@@ -48,21 +47,21 @@ def read_chunk(store, cid: bytes, out=None, verify: bool = True):
     A delta chain is decoded in one buffer: the plain record at its root and all XOR
     deltas on top, in one native pass when it can (codecs.decode_chain). Only the final
     bytes need checking: a wrong link anywhere yields bytes that do not hash to `cid`. A
-    missing base is an IntegrityError naming it. Records are read into per-thread
-    buffers (one per chain position), reused from chunk to chunk.
+    missing base is an IntegrityError naming it. Large records are read as memory maps
+    of the pack (PackReader.view): decoded from the page cache, no copy.
     """
     chain = delta_chain(store, cid)
     root_id, root = chain[-1]
-    enc, raw_len, _base, payload = _read(store, root_id, root, len(chain) - 1)
+    enc, raw_len, _base, payload = store.packs.view(root_id, root.location, root.stored_len)
     if len(chain) == 1:
         if enc == codecs.RAW and out is None:
-            return bytes(payload)  # the payload is a view of a reused buffer
+            return bytes(payload)  # the payload may be a view of a memory map
         data = codecs.decode(enc, payload, raw_len, out)
     else:
         data = out if out is not None else bytearray(raw_len)
         links = []
-        for slot, (link_id, link) in enumerate(chain[:-1]):
-            lenc, link_len, _base, lpayload = _read(store, link_id, link, slot)
+        for link_id, link in chain[:-1]:
+            lenc, link_len, _base, lpayload = store.packs.view(link_id, link.location, link.stored_len)
             if link_len != raw_len:
                 raise IntegrityError(f"chunk {link_id.hex()}: delta of {link_len} bytes on a base of {raw_len}")
             links.append((lenc, lpayload))
@@ -99,14 +98,9 @@ _local = threading.local()
 _MAX_REUSED = 8 << 20  # larger outputs get fresh buffers: the pool threads keep little memory
 
 
-def _read(store, cid: bytes, e, slot: int):
-    """One record, its payload a view of the pack's memory map: a chain's records are
-    decoded straight from the page cache, with no pread copy per record."""
-    return store.packs.view(cid, e.location, e.stored_len)
-
-
-def _scratch(n: int):
-    """A reusable per-thread output buffer of n bytes (for callers that copy it out)."""
+def scratch(n: int):
+    """A reusable per-thread buffer of n bytes (for callers that copy it out, or decode a
+    delta base into it): a fresh multi-MiB buffer per chunk costs page faults."""
     buf = getattr(_local, "out", None)
     if buf is None or buf.size < n:
         buf = _local.out = np.empty(max(n, 1 << 22), dtype=np.uint8)
@@ -238,7 +232,7 @@ def _write_safetensors(store, manifest: Manifest, path, metadata: dict[str, str]
         def work(job):
             cid, off, raw_len = job
             # pwrite copies the bytes out, so a reused per-thread buffer will do
-            out = _scratch(raw_len) if raw_len <= _MAX_REUSED else None
+            out = scratch(raw_len) if raw_len <= _MAX_REUSED else None
             data = memoryview(read_chunk(store, cid, out=out)).cast("B")
             # One writer at a time: the file's inode lock serialises writes anyway, and a
             # thread waiting for it in the kernel spins, burning the core another decode needs.

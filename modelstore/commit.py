@@ -15,12 +15,10 @@ import weakref
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 
-import numpy as np
-
 from modelstore import annotate, chunking, codecs, dtypes, hashing, kernels
-from modelstore.checkout import settle, worker_pool
 from modelstore.catalog import META_KEY, VersionInfo, check_meta_key, check_model_name
 from modelstore.catalog_schema import MAX_FILE_META
+from modelstore.checkout import scratch, settle, worker_pool
 from modelstore.chunkindex import Entry
 from modelstore.errors import InvalidInputError, ModelstoreError
 from modelstore.formats import open_model
@@ -122,7 +120,7 @@ class _Ingest:
     chunks are in flight, so memory is bounded by a few chunks per worker.
     """
 
-    def __init__(self, store, bases: list[dict[str, TensorEntry]] | None = None, cache: "BaseCache | None" = None,
+    def __init__(self, store, bases: list[dict[str, TensorEntry]] | None = None, cache: BaseCache | None = None,
                  min_gain: float = 0.0):
         self.store = store
         self.bases = bases or []
@@ -215,7 +213,7 @@ class _Ingest:
 
                 base_raw = cache.get(base[0]) if cache is not None else None
                 if base_raw is None:
-                    base_raw = read_chunk(self.store, base[0], out=_scratch(length))
+                    base_raw = read_chunk(self.store, base[0], out=scratch(length))
                 denc, delta = codecs.encode_xor(view, base_raw, dt, self.min_gain)
                 if ((dt.kind == "f" and len(delta) <= _SURE_DELTA * length)
                         or len(delta) < _PREDICTED_MARGIN * base[2] * length):
@@ -308,7 +306,7 @@ class BaseCache:
 
 # MODELSTORE_BASE_CACHE_MB (default 256; 0 turns it off) bounds each store's cache.
 _CACHE_MB = 256
-_caches: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _caches_lock = threading.Lock()
 
 
@@ -327,18 +325,6 @@ def base_cache(store, model_bytes: int) -> BaseCache | None:
         if cache is None or cache.budget != budget:
             cache = _caches[store] = BaseCache(budget)
         return cache
-
-
-_local = threading.local()
-
-
-def _scratch(n: int):
-    """A reusable per-thread buffer of n bytes for decoding a delta base: a fresh
-    multi-MiB allocation per chunk costs more in page faults than the decode."""
-    buf = getattr(_local, "buf", None)
-    if buf is None or buf.size < n:
-        buf = _local.buf = np.empty(max(n, 1 << 22), dtype=np.uint8)
-    return buf[:n]
 
 
 class _Done:

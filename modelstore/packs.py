@@ -305,22 +305,6 @@ class PackReader:
             raise IntegrityError(f"chunk {cid.hex()}: pack {loc.pack:08x} is truncated")
         return self._parse(cid, loc, stored_len, buf)
 
-    def read_into(self, cid: bytes, loc: Location, stored_len: int, buf: bytearray) -> tuple[int, int, bytes, memoryview]:
-        """read() into `buf` (at least record_size(stored_len) bytes): the payload is a view
-        of `buf`, valid until the caller reuses it. Reusing a buffer per reader thread spares
-        a fresh multi-MiB allocation (and its page faults) per record."""
-        size = REC_HEADER.size + stored_len
-        view = memoryview(buf)[:size]
-        got = os.preadv(self._fd(loc.pack), [view], loc.offset)
-        while 0 < got < size:  # preadv may return short on some filesystems
-            n = os.preadv(self._fd(loc.pack), [view[got:]], loc.offset + got)
-            if n <= 0:
-                break
-            got += n
-        if got != size:
-            raise IntegrityError(f"chunk {cid.hex()}: pack {loc.pack:08x} is truncated")
-        return self._parse(cid, loc, stored_len, view)
-
     # Records from this size up are mapped rather than copied (smaller ones: a pread is
     # cheaper than mapping and unmapping).
     MAP_FROM = 256 << 10

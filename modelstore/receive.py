@@ -11,15 +11,15 @@ whole batch. A delta record is accepted only when this store already holds its b
 
 from __future__ import annotations
 
-import os
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import wait
 
 import numpy as np
 
 from modelstore import codecs, dtypes, hashing
+from modelstore.checkout import worker_pool
 from modelstore.chunkindex import Entry
-from modelstore.errors import (  # noqa: F401 - the sync errors are re-exported
+from modelstore.errors import (
     ForgedChunkError,
     InvalidInputError,
     MissingChunksError,
@@ -32,29 +32,6 @@ from modelstore.packs import NO_BASE, REC_HEADER, REC_MAGIC, PackWriter
 from modelstore.remote.wire import MAX_RECORD
 
 MAX_CHAIN = 32  # a received delta deeper than this on our side is stored plain
-
-
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _forget_pool() -> None:
-    global _pool, _pool_lock
-    _pool, _pool_lock = None, threading.Lock()  # a forked child has none of the parent's threads
-
-
-os.register_at_fork(after_in_child=_forget_pool)
-
-
-def _verify_pool() -> ThreadPoolExecutor:
-    """The process's verify threads, shared by every batch in flight: parallel batches then
-    add no threads beyond the cores (they would only contend), and each thread keeps its
-    scratch buffers from one batch to the next."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max(2, codecs.THREADS), thread_name_prefix="verify")
-        return _pool
 
 
 class Receiver:
@@ -71,7 +48,9 @@ class Receiver:
         self.store = store
         self._lock_cm = store_lock(store.layout.lock, exclusive=False)
         self._lock_cm.__enter__()
-        self.pool = _verify_pool()
+        # the process's codec threads (checkout.worker_pool), shared by every batch in flight:
+        # parallel batches add no threads beyond the cores and keep their scratch buffers
+        self.pool = worker_pool()
         self.writer: PackWriter | None = None
         self.append_lock = threading.Lock()
         self.entries: dict[bytes, Entry] = {}

@@ -71,18 +71,24 @@ def test_a_pack_without_its_header_is_never_taken_over(tmp_path):
     r.close()
 
 
-def test_pack_writers_reuse_their_threads(tmp_path):
+def test_pack_writers_reuse_their_threads(tmp_path, monkeypatch):
     """Sequential writers (one per commit) run on the same idle thread, not a new one each."""
     import threading
 
     from modelstore.packs import PackWriter
 
+    ran_on = []  # the Thread objects (not idents: the OS reuses those) that ran each writer
+    original = PackWriter._run
+
+    def spy(self):
+        ran_on.append(threading.current_thread())
+        return original(self)
+
+    monkeypatch.setattr(PackWriter, "_run", spy)
     packs = tmp_path / "packs"
     packs.mkdir()
-    before = {t.ident for t in threading.enumerate() if t.name == "pack-writer"}
     for i in range(5):
         w = PackWriter(packs)
         w.append(bytes([i + 1]) * 16, 0, 3, b"abc")
         w.finish()
-    after = {t.ident for t in threading.enumerate() if t.name == "pack-writer"}
-    assert len(after - before) <= 1
+    assert len(ran_on) == 5 and len(set(ran_on)) == 1

@@ -121,6 +121,7 @@ def test_safetensors_metadata_survives_commit_checkout_and_catalog_sync(tmp_path
     from safetensors.numpy import save_file
 
     from modelstore.catalog_sync import export_version, import_version
+    from modelstore.errors import InvalidInputError
 
     def header_meta(path):
         raw = path.read_bytes()
@@ -145,7 +146,7 @@ def test_safetensors_metadata_survives_commit_checkout_and_catalog_sync(tmp_path
         assert b.catalog.file_meta(b.resolve("m@1").id) == meta
 
         bad = dict(doc, file_meta={"k": 1})
-        with pytest.raises(Exception, match="file_meta"):
+        with pytest.raises(InvalidInputError, match="file_meta"):
             import_version(b.catalog, bad, tensors=[])
 
         a.delete(v1.ref)

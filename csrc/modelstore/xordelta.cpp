@@ -62,32 +62,15 @@ bool cpu_has_avx2() {
 
 // planes[b][i] = (cur ^ base)[i*k + b]
 void xor_split(const uint8_t* cur, const uint8_t* base, size_t count, int k, uint8_t* planes) {
-#ifdef MODELSTORE_X86_TARGETS
-    if (k == 4 && cpu_has_avx2()) {
-        uint8_t* p0 = planes;
-        uint8_t* p1 = planes + count;
-        uint8_t* p2 = planes + 2 * count;
-        uint8_t* p3 = planes + 3 * count;
-        size_t i = xor_split4_avx2(cur, base, count, p0, p1, p2, p3);
-        for (; i < count; i++) {
-            uint32_t a, b;
-            std::memcpy(&a, cur + 4 * i, 4);
-            std::memcpy(&b, base + 4 * i, 4);
-            uint32_t v = a ^ b;
-            p0[i] = uint8_t(v);
-            p1[i] = uint8_t(v >> 8);
-            p2[i] = uint8_t(v >> 16);
-            p3[i] = uint8_t(v >> 24);
-        }
-        return;
-    }
-#endif
     if (k == 4) {
         uint8_t* __restrict p0 = planes;
         uint8_t* __restrict p1 = planes + count;
         uint8_t* __restrict p2 = planes + 2 * count;
         uint8_t* __restrict p3 = planes + 3 * count;
         size_t i = 0;
+#ifdef MODELSTORE_X86_TARGETS
+        if (cpu_has_avx2()) i = xor_split4_avx2(cur, base, count, p0, p1, p2, p3);  // the loops below finish
+#endif
         // 8 elements a step: gather each plane's 8 bytes in a register, one 8-byte store
         // per plane instead of 32 byte stores.
         for (; i + 8 <= count; i += 8) {
