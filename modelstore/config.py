@@ -17,7 +17,11 @@ from modelstore.errors import AlreadyExistsError, FormatError, NotFoundError
 
 FORMAT_VERSION = 1
 DIRNAME = ".modelstore"
-SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()
+# Extensions: features a reader must implement to read a store that has the key. A store
+# gets "split-huffman" (xor-planes plane method 4, docs/FORMAT.md §5) when created, or
+# when an older store takes its first commit from a writer that may emit it.
+SPLIT_HUFFMAN = "split-huffman"
+SUPPORTED_EXTENSIONS: frozenset[str] = frozenset({SPLIT_HUFFMAN})
 
 
 @dataclass
@@ -34,7 +38,7 @@ class Config:
     # 50-step fp32 series vs 0.452 with 4; larger values only lengthen the longest
     # chain); see benchmarks/bench_series.py.
     delta_depth: int = 5
-    extensions: dict = field(default_factory=dict)
+    extensions: dict = field(default_factory=lambda: {SPLIT_HUFFMAN: 1})
     # Remotes of this store (`modelstore remote add`): name -> {"url": ..., "token": ...}.
     # Not part of the format: a store without the key has no remotes.
     remotes: dict = field(default_factory=dict)
@@ -110,9 +114,19 @@ def write_remotes(root: Path, remotes: dict) -> None:
     """Replace the `remotes` key of config.json atomically, keeping every other key as is.
 
     The file then holds tokens, so it is written owner-readable only (0600)."""
+    _rewrite(root, lambda data: data.__setitem__("remotes", remotes))
+
+
+def add_extension(root: Path, name: str) -> None:
+    """Record in config.json that the store now uses extension `name` (atomically, every
+    other key kept): readers that do not implement it then refuse the store up front."""
+    _rewrite(root, lambda data: data.setdefault("extensions", {}).__setitem__(name, 1))
+
+
+def _rewrite(root: Path, change) -> None:
     path = Layout(root).config
     data = json.loads(path.read_text())
-    data["remotes"] = remotes
+    change(data)
     tmp = path.with_name("config.json.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

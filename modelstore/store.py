@@ -38,6 +38,13 @@ class Store:
         if self.readonly:
             raise ReadOnlyError(f"the store at {self.root} is read-only (no write permission or a read-only filesystem)")
 
+    def _require_extension(self, name: str) -> None:
+        """An older store records an extension before this writer first uses it (once:
+        the rewrite is atomic, and writers that race both add the same key)."""
+        if name not in self.config.extensions:
+            cfg.add_extension(self.root, name)
+            self.config.extensions[name] = 1
+
     # -- lifecycle -------------------------------------------------------------------
     @classmethod
     def init(cls, path: str | os.PathLike, chunk_target_bytes: int | None = None,
@@ -75,6 +82,7 @@ class Store:
         self._writable()
         from modelstore.commit import commit
 
+        self._require_extension(cfg.SPLIT_HUFFMAN)
         return commit(self, tensors_or_path, model=model, message=message, meta=meta, parent=parent,
                       author=author, progress=progress, metrics=metrics)
 

@@ -274,7 +274,7 @@ def test_long_chain_with_dense_huffman_links(step):
         v.append((v[-1] * (1 + step * rng.standard_normal(v[0].size))).astype(np.float32))
     enc, root = codecs.encode(v[0].tobytes(), dt)
     links = [codecs.encode_xor(v[i + 1].tobytes(), v[i].tobytes(), dt) for i in range(6)]
-    assert any(p[2 + 6 * b] == 1 for _, p in links for b in range(4))  # some plane is Huffman-coded
+    assert any(p[2 + 6 * b] in (1, 4) for _, p in links for b in range(4))  # some plane is Huffman-coded
     for m in range(7):
         out = bytearray(v[0].nbytes)
         codecs.decode_chain(enc, root, links[:m][::-1], len(out), out)
@@ -297,7 +297,7 @@ def test_min_gain_trades_huffman_planes_for_raw_ones():
         sizes.append(len(payload))
         methods = [payload[2 + 6 * p] for p in range(4)]
         if gain >= 1.0:
-            assert 1 not in methods  # no Huffman plane can save all of itself
+            assert not {1, 4} & set(methods)  # no Huffman plane can save all of itself
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
 
 
@@ -313,3 +313,62 @@ def test_sparse_plane_larger_than_the_token_buffer_round_trips():
     out = bytearray(a.tobytes())
     native.xordelta_apply([payload], memoryview(out))
     assert bytes(out) == b.tobytes()
+
+
+def _split_plane(rng, count, kind):
+    """A byte plane whose high bits are skewed and low bits are random ("nibble": low 4
+    random; "pairs": low 2 random, bits 2-3 always 0) or whose every bit is skewed ("byte")."""
+    h = np.minimum(rng.geometric(0.35, count) - 1, 15).astype(np.uint8)
+    if kind == "nibble":
+        return (h << 4) | rng.integers(0, 16, count, dtype=np.uint8)
+    if kind == "pairs":
+        return (h << 4) | rng.integers(0, 4, count, dtype=np.uint8)
+    return np.minimum(rng.geometric(0.3, count) - 1, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("kind,method,low", [("nibble", 4, 4), ("pairs", 4, 2), ("byte", 1, 0)])
+@pytest.mark.parametrize("count", [100_003, 64 * 1024 - 5, 9])
+def test_split_huffman_planes_round_trip(kind, method, low, count):
+    """A dense plane whose low bits are random codes its high bits alone (method 4, the
+    low bits raw); whose low bits carry information, whole bytes (method 1). Any length
+    (the packed low bits' tail) round-trips bit-exact."""
+    rng = np.random.default_rng(count)
+    base = rng.integers(0, 256, count, dtype=np.uint8)
+    cur = base ^ _split_plane(rng, count, kind)
+    payload = native.xordelta_encode(cur.tobytes(), base.tobytes(), 1)
+    if count > 1000:  # tiny planes stay raw: the code table costs more than it saves
+        assert (payload[2], payload[3] if method == 4 else 0) == (method, low)
+        assert len(payload) < count * 0.9
+    out = bytearray(base.tobytes())
+    native.xordelta_apply([payload], memoryview(out))
+    assert bytes(out) == cur.tobytes()
+
+
+def test_corrupt_split_huffman_planes_raise():
+    """A bad low-bit count, a code for a symbol too wide for the high bits, truncation and
+    random flips raise IntegrityError (output untouched) or decode to some bytes the chunk
+    hash then rejects; never a crash."""
+    rng = np.random.default_rng(13)
+    base = rng.integers(0, 256, 50_000, dtype=np.uint8)
+    cur = base ^ _split_plane(rng, base.size, "nibble")
+    payload = native.xordelta_encode(cur.tobytes(), base.tobytes(), 1)
+    assert payload[2:4] == bytes([4, 4])
+    a = base.tobytes()
+    wide = bytearray(payload)
+    wide[8 + 8] |= 1  # a code length for symbol 16: its high bits would not fit in 4
+    cases = {"bad low-bit count": payload[:3] + bytes([3]) + payload[4:],
+             "bad code length": bytes(wide),
+             "overruns|truncated|trailing": payload[:-7]}
+    for match, bad in cases.items():
+        out = bytearray(a)
+        with pytest.raises(IntegrityError, match=match):
+            codecs.xor_into(codecs.XOR_PLANES, bad, len(a), out)
+        assert bytes(out) == a
+    for _ in range(300):
+        bad = bytearray(payload)
+        bad[int(rng.integers(len(bad)))] ^= 1 << int(rng.integers(8))
+        out = bytearray(a)
+        try:
+            codecs.xor_into(codecs.XOR_PLANES, bytes(bad), len(a), out)
+        except IntegrityError:
+            assert bytes(out) == a

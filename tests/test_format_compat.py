@@ -34,3 +34,25 @@ def test_golden_store_reads_bit_exact(tmp_path, name):
 
 def test_golden_store_exists():
     assert (DATA / "store-v1" / "config.json").exists()
+
+
+def test_first_commit_into_an_older_store_records_the_extension(tmp_path):
+    """A store written before xor-planes plane method 4 gets the "split-huffman"
+    extension in config.json with its first new commit (readers without it then refuse
+    the store up front), keeps every other key, and stays readable."""
+    import json
+
+    from modelstore.store import Store
+
+    copy = tmp_path / "old"
+    shutil.copytree(DATA / "store-v1", copy)
+    before = json.loads((copy / "config.json").read_text())
+    assert before["extensions"] == {}
+    with Store.open(copy) as s:
+        s.load("golden@3")  # reading changes nothing
+        assert json.loads((copy / "config.json").read_text()) == before
+        s.commit(golden_tensors(3), model="golden")
+    after = json.loads((copy / "config.json").read_text())
+    assert after == {**before, "extensions": {"split-huffman": 1}}
+    with Store.open(copy) as s:
+        assert [v.number for v in s.log("golden")] == [1, 2, 3, 4] and s.fsck()["ok"]

@@ -12,8 +12,6 @@ namespace modelstore {
 namespace splithuff {
 namespace {
 
-constexpr size_t kLengths = 128;  // 256 code lengths, 4 bits each
-
 using huffman::get_u32;
 
 // De-interleave n/k elements of k bytes into k contiguous planes (and back). Fixed-k
@@ -145,12 +143,6 @@ void histogram(const uint8_t* src, size_t count, int k, int s, uint64_t out[256]
     }
 }
 
-// Plane layout: 128 bytes of code lengths || huffman::encode_bytes streams.
-size_t encode_plane_huff(const uint8_t* plane, size_t count, const uint8_t len[256], uint8_t* dst) {
-    huffman::pack_lengths(len, 256, dst);
-    return kLengths + huffman::encode_bytes(plane, count, len, dst + kLengths);
-}
-
 void decode_plane_huff(const uint8_t* src, size_t size, uint8_t* dst, size_t count) {
     if (size < kLengths + huffman::kStreamHeader) throw std::runtime_error("splithuff: truncated code table");
     uint8_t len[256];
@@ -161,6 +153,34 @@ void decode_plane_huff(const uint8_t* src, size_t size, uint8_t* dst, size_t cou
 thread_local std::vector<uint8_t> plane_scratch;  // reused: fresh multi-MiB buffers cost page faults
 
 }  // namespace
+
+bool plane_histogram(const uint8_t* plane, size_t count, uint64_t freq[256]) {
+    std::fill(freq, freq + 256, 0);
+    // Decide from a strided sample first: a near-random plane (mantissa bytes) is stored
+    // raw without a full histogram.
+    constexpr size_t kSampleStride = 16;
+    if (count >= 64 * 1024) {
+        histogram(plane, count / kSampleStride, int(kSampleStride), 0, freq);
+        uint8_t slen[256];
+        huffman::code_lengths(freq, 256, slen);
+        uint64_t sbits = 0, sn = 0;
+        for (int b = 0; b < 256; b++) {
+            sbits += freq[b] * slen[b];
+            sn += freq[b];
+        }
+        bool many = false;
+        for (int b = 0, d = 0; b < 256; b++) d += freq[b] != 0, many = d > 1;
+        if (many && sbits * 33 > sn * 8 * 32) return false;  // the sample saves < 3 %
+        std::fill(freq, freq + 256, 0);
+    }
+    histogram(plane, count, 1, 0, freq);
+    return true;
+}
+
+size_t encode_huffman_plane(const uint8_t* plane, size_t count, const uint8_t len[256], uint8_t* dst) {
+    huffman::pack_lengths(len, 256, dst);
+    return kLengths + huffman::encode_bytes(plane, count, len, dst + kLengths);
+}
 
 size_t bound(size_t n, int k) { return 2 + size_t(k) * (kPlaneHeader + kLengths + 64) + n; }
 
@@ -200,30 +220,13 @@ size_t encode(const uint8_t* src, size_t n, int k, uint8_t* dst) {
     uint8_t* out = hdr + size_t(k) * kPlaneHeader;
     for (int s = 0; s < k; s++) {
         const uint8_t* plane = base + size_t(s) * count;
-        uint64_t freq[256] = {};
-        // Decide from a strided sample first: a near-random plane (mantissa bytes) is
-        // stored raw without a full histogram.
-        constexpr size_t kSampleStride = 16;
-        if (count >= 64 * 1024) {
-            histogram(plane, count / kSampleStride, int(kSampleStride), 0, freq);
-            uint8_t slen[256];
-            huffman::code_lengths(freq, 256, slen);
-            uint64_t sbits = 0, sn = 0;
-            for (int b = 0; b < 256; b++) {
-                sbits += freq[b] * slen[b];
-                sn += freq[b];
-            }
-            bool many = false;
-            for (int b = 0, d = 0; b < 256; b++) d += freq[b] != 0, many = d > 1;
-            if (many && sbits * 33 > sn * 8 * 32) {  // sample saves < 3 %: raw plane
-                std::memcpy(out, plane, count);
-                put_plane_header(hdr, s, kRaw, 0, count);
-                out += count;
-                continue;
-            }
-            std::fill(freq, freq + 256, 0);
+        uint64_t freq[256];
+        if (!plane_histogram(plane, count, freq)) {  // near-random (mantissa bytes): raw
+            std::memcpy(out, plane, count);
+            put_plane_header(hdr, s, kRaw, 0, count);
+            out += count;
+            continue;
         }
-        histogram(plane, count, 1, 0, freq);
         int distinct = 0, only = 0;
         for (int b = 0; b < 256; b++)
             if (freq[b]) {
@@ -246,7 +249,7 @@ size_t encode(const uint8_t* src, size_t n, int k, uint8_t* dst) {
             size_t huff = kLengths + 16 + size_t((bits + 7) / 8);
             if (huff < count - count / 32) {  // keep Huffman only when it saves >= ~3 %
                 method = kHuffman;
-                size = encode_plane_huff(plane, count, len, out);
+                size = encode_huffman_plane(plane, count, len, out);
             }
         }
         if (method == kRaw && size) std::memcpy(out, plane, count);

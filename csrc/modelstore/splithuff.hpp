@@ -28,6 +28,7 @@ namespace modelstore {
 namespace splithuff {
 
 constexpr size_t kPlaneHeader = 6;  // per plane: u8 method, u8 constant, u32 size
+constexpr size_t kLengths = 128;    // a Huffman plane's 256 code lengths, 4 bits each
 enum PlaneMethod : uint8_t { kRaw = 0, kHuffman = 1, kConst = 2 };
 
 // Writes plane b's header entry (shared with xordelta, whose payloads use the same header).
@@ -45,6 +46,13 @@ size_t bound(size_t n, int k);
 // Returns the encoded size.
 size_t encode(const uint8_t* src, size_t n, int k, uint8_t* dst);
 
+// A plane's byte histogram (false, freq unspecified, when a strided sample shows a byte
+// Huffman code would save < 3 %: a near-random plane, stored raw without a full pass).
+bool plane_histogram(const uint8_t* plane, size_t count, uint64_t freq[256]);
+// A kHuffman plane's data (code lengths || streams) for the code `len`; returns its size
+// (writes up to 8 bytes of slack past it).
+size_t encode_huffman_plane(const uint8_t* plane, size_t count, const uint8_t len[256], uint8_t* dst);
+
 // Decode `size` bytes of payload into exactly n bytes. Throws std::runtime_error on any
 // corruption (never reads or writes out of bounds).
 void decode(const uint8_t* src, size_t size, uint8_t* dst, size_t n);
@@ -60,7 +68,7 @@ struct HuffPlane {
     uint8_t* dst;
     size_t count;
 };
-// Decode n Huffman planes in one batch (two at a time, interleaved). Same errors as decode().
+// Decode n Huffman planes in one batch (tables in reused buffers). Same errors as decode().
 void decode_huffman(const HuffPlane* planes, size_t n);
 
 // dst ^= src, n bytes.

@@ -4,8 +4,9 @@
 // so (this XOR base), split into byte planes, has high planes that are mostly zero and low
 // planes that are close to random. Each plane is coded on its own with whichever is
 // smallest: raw, constant, splithuff (byte Huffman, 4 interleaved streams: fast for dense
-// planes) or zero-run Huffman (literals 1..255 plus zero-run-length tokens: well below one
-// bit per byte on sparse planes, where a byte Huffman code cannot go under one bit).
+// planes), split Huffman (the high bits coded, the low bits raw: faster still) or zero-run
+// Huffman (literals 1..255 plus zero-run-length tokens: well below one bit per byte on
+// sparse planes, where a byte Huffman code cannot go under one bit).
 // Decoding XORs any number of links into one accumulator in the plane domain and merges it
 // into the output once, so a chain of deltas costs one merge, not one per link; per plane,
 // the raw and decoded planes of all links XOR in one cache-blocked pass. The Huffman
@@ -23,6 +24,12 @@
 //            A stream is tokens until its segment is full, padded to a byte. Symbol 1..255
 //            is a literal byte; symbol 256 + b is a run of L zero bytes with 2^b <= L <
 //            2^(b+1), followed by b raw bits holding L - 2^b. Symbol 0 is unused.
+//   method 4 split Huffman: `constant` holds L (2 or 4). The high 8 - L bits of each byte
+//            as a method-1 Huffman plane (128 bytes of code lengths, only symbols below
+//            2^(8 - L) used || u32 sizes of streams 0..2 || 4 streams) || the low L bits of
+//            each byte, packed LSB first (byte i's at bit i * L; ceil(count * L / 8) bytes).
+//            For dense planes whose low bits are near random: the short code over the high
+//            bits decodes several symbols a lookup.
 #pragma once
 
 #include <cstddef>
