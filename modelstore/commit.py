@@ -85,7 +85,8 @@ def commit(
         meta = {**check_meta(prepare_from_source(store, src, meta)), **meta}
         bases, fan_out = _delta_bases(store, model, parent_ids)
         ingest = _Ingest(store, bases, base_cache(store, sum(t.nbytes for t in src.tensors)),
-                         min_gain=min(_MAX_GAIN, fan_out.bit_length() / 32))
+                         min_gain=min(_MAX_GAIN, max(fan_out, 1).bit_length() / 32),
+                         remember=fan_out != 1)
         try:
             entries = ingest.run(src.tensors, target, progress)
         finally:
@@ -121,10 +122,13 @@ class _Ingest:
     """
 
     def __init__(self, store, bases: list[dict[str, TensorEntry]] | None = None, cache: BaseCache | None = None,
-                 min_gain: float = 0.0):
+                 min_gain: float = 0.0, remember: bool = True):
         self.store = store
         self.bases = bases or []
         self.cache = cache
+        # put new chunks in the cache: not for a version no later one deltas against (an
+        # odd rung of the ladder), whose copies (~1 ms per 4 MiB) would only churn it
+        self.remember = remember
         self.min_gain = min_gain  # codecs.encode_xor
         self.max_depth = store.config.delta_depth
         self.new_entries: dict[bytes, Entry] = {}
@@ -206,7 +210,7 @@ class _Ingest:
 
         def work():
             st = known_stats if known_stats is not None else tuple(kernels.chunk_stats(view, dt.code))
-            if cache is not None:
+            if cache is not None and self.remember:
                 cache.put(cid, view)
             if base is not None:
                 from modelstore.checkout import read_chunk
@@ -340,7 +344,8 @@ class _Done:
 
 def _delta_bases(store, model: str, parent_ids: list[int]) -> tuple[list[dict[str, TensorEntry]], int]:
     """Tensors by name of the versions to delta-encode against, best first, and how many
-    versions will decode through the new version's delta records (its fan-out).
+    versions will decode through the new version's delta records (its fan-out; 0 when
+    unknown: a new model or a branch).
 
     Along a model's linear history bases follow a skip-delta ladder (as in Subversion):
     the version with 0-based number g deltas against version g - lowbit(g), so its chain
@@ -350,8 +355,8 @@ def _delta_bases(store, model: str, parent_ids: list[int]) -> tuple[list[dict[st
     (and the only candidate on a branch or a new model).
     """
     if not parent_ids or store.config.delta_depth <= 0:
-        return [], 1
-    out, fan_out = [], 1
+        return [], 0
+    out, fan_out = [], 0
     parent = store.catalog.version_by_id(parent_ids[0])
     try:
         latest = store.catalog.resolve(f"{model}@latest")
