@@ -25,6 +25,9 @@ from modelstore.packs import Location
 ENTRY = struct.Struct("<IBB2xQQQ16s")
 STATS = struct.Struct("<QQQdddd")
 MREC = struct.Struct("<BQ")
+# Manifests under this size are stored raw: compressing a few KiB of JSON saves little,
+# and a blosc2 record would make every short CLI commit and checkout import blosc2 (~0.25 s).
+MANIFEST_COMPRESS_FROM = 64 << 10
 _MAP_SIZE = 1 << 34  # grown on MapFullError; LMDB files stay sparse
 
 
@@ -171,7 +174,10 @@ class ChunkIndex:
 
         Returns the ids this call actually inserted (others were stored concurrently).
         """
-        enc, payload = codecs.encode(manifest_json, dtypes.get("U8"))
+        if len(manifest_json) < MANIFEST_COMPRESS_FROM:
+            enc, payload = codecs.RAW, manifest_json
+        else:
+            enc, payload = codecs.encode(manifest_json, dtypes.get("U8"))
         mrec = MREC.pack(enc, len(manifest_json)) + bytes(payload)
 
         def fn(txn):

@@ -189,3 +189,36 @@ def test_checkout_memory_stays_bounded_by_a_few_chunks(tmp_path):
     assert out.returncode == 0, out.stderr
     grew_mb = float(out.stdout.strip())
     assert grew_mb < 100, f"peak RSS grew by {grew_mb:.0f} MB checking out 192 MiB"
+
+
+def test_float_model_commit_and_checkout_never_import_blosc2(tmp_path):
+    """A float model's chunks are splithuff/xor-planes records and a small manifest is
+    stored raw, so a short CLI commit or checkout of one does not pay blosc2's ~0.25 s
+    import; the manifest still round-trips. Checked in a fresh interpreter."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    from conftest import ROOT
+
+    script = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        from modelstore.store import Store
+
+        rng = np.random.default_rng(0)
+        w = {{"w": rng.standard_normal((256, 256), dtype=np.float32), "b": np.zeros(256, np.float32)}}
+        with Store.init({str(tmp_path / 's')!r}) as s:
+            s.commit(w, model="m")
+            s.commit({{k: v * np.float32(1.001) for k, v in w.items()}}, model="m")
+            s.checkout("m@2", {str(tmp_path / 'out.safetensors')!r})
+            assert [t.name for t in s.manifest("m@2").tensors] == ["b", "w"]
+            got = s.load("m@1")
+        assert got["w"].tobytes() == w["w"].tobytes()
+        print("blosc2" in sys.modules)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
