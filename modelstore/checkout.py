@@ -203,7 +203,7 @@ def write_file(store, manifest: Manifest, path, fmt: str, metadata: dict[str, st
 def _write_safetensors(store, manifest: Manifest, path, metadata: dict[str, str] | None) -> None:
     """safetensors has a fixed layout, so workers decode chunks and pwrite them in place,
     in parallel, without ordering the writes; the file appears only when complete."""
-    from modelstore.formats.base import atomic_output
+    from modelstore.formats.base import atomic_output, preallocate
     from modelstore.formats.safetensors_io import build_header
 
     specs = [(t.name, dtypes.get(t.dtype), t.shape) for t in manifest.tensors]
@@ -225,7 +225,7 @@ def _write_safetensors(store, manifest: Manifest, path, metadata: dict[str, str]
         fd = f.fileno()
         f.write(head)
         f.flush()
-        os.ftruncate(fd, offset)
+        preallocate(fd, offset)
 
         write_lock = threading.Lock()
 

@@ -131,21 +131,28 @@ def encode_xor(raw, base, dtype: DType, min_gain: float = 0.0) -> tuple[int, byt
 
 
 def apply_deltas(links, raw_len: int, data) -> None:
-    """XOR every delta record of a chain, [(encoding, payload)], into `data` (its decoded
-    root) in place. XOR commutes, so all xor-planes links decode in one native call that
-    accumulates them in the plane domain and merges once. A corrupt link raises
-    IntegrityError before `data` changes."""
-    planes = [p for e, p in links if e == XOR_PLANES]
-    for enc, payload in links:
-        if enc != XOR_PLANES:
-            xor_into(enc, payload, raw_len, data)
-    if planes:
-        _apply_planes(planes, raw_len, data)
+    """Apply a chain's delta records, [(encoding, payload)] top first, to `data` (its
+    decoded root) in place. Consecutive xor-planes links decode in one native call that
+    accumulates them in the plane domain and merges once. A link may store a plane as the
+    chunk's own bytes, which hides that plane of every record below it, so records apply
+    bottom-up. A corrupt link raises IntegrityError (before `data` changes when every link
+    is xor-planes)."""
+    group: list = []  # consecutive xor-planes payloads, bottom first
+    for enc, payload in reversed(links):
+        if enc == XOR_PLANES:
+            group.append(payload)
+            continue
+        if group:
+            _apply_planes(group[::-1], raw_len, data)
+            group = []
+        xor_into(enc, payload, raw_len, data)
+    if group:
+        _apply_planes(group[::-1], raw_len, data)
 
 
 def decode_chain(root_encoding: int, root_payload, links, raw_len: int, out) -> None:
     """Decode a delta chain into `out`: its plain root record, then every delta link
-    [(encoding, payload)]. A splithuff root under xor-planes links decodes in one native
+    [(encoding, payload)], top first. A splithuff root under xor-planes links decodes in one native
     pass in the plane domain (one interleave for the whole chain)."""
     if (root_encoding == SPLITHUFF and _native is not None and links
             and all(e == XOR_PLANES for e, _ in links)):

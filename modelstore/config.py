@@ -18,10 +18,10 @@ from modelstore.errors import AlreadyExistsError, FormatError, NotFoundError
 FORMAT_VERSION = 1
 DIRNAME = ".modelstore"
 # Extensions: features a reader must implement to read a store that has the key. A store
-# gets "split-huffman" (xor-planes plane method 4, docs/FORMAT.md §5) when created, or
-# when an older store takes its first commit from a writer that may emit it.
-SPLIT_HUFFMAN = "split-huffman"
-SUPPORTED_EXTENSIONS: frozenset[str] = frozenset({SPLIT_HUFFMAN})
+# gets "xor-planes-2" (xor-planes plane methods 4 and 5, docs/FORMAT.md §5) when created,
+# or when an older store takes its first commit from a writer that may emit them.
+XOR_PLANES_2 = "xor-planes-2"
+SUPPORTED_EXTENSIONS: frozenset[str] = frozenset({XOR_PLANES_2})
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Config:
     # 50-step fp32 series vs 0.452 with 4; larger values only lengthen the longest
     # chain); see benchmarks/bench_series.py.
     delta_depth: int = 5
-    extensions: dict = field(default_factory=lambda: {SPLIT_HUFFMAN: 1})
+    extensions: dict = field(default_factory=lambda: {XOR_PLANES_2: 1})
     # Remotes of this store (`modelstore remote add`): name -> {"url": ..., "token": ...}.
     # Not part of the format: a store without the key has no remotes.
     remotes: dict = field(default_factory=dict)

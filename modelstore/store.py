@@ -82,7 +82,7 @@ class Store:
         self._writable()
         from modelstore.commit import commit
 
-        self._require_extension(cfg.SPLIT_HUFFMAN)
+        self._require_extension(cfg.XOR_PLANES_2)
         return commit(self, tensors_or_path, model=model, message=message, meta=meta, parent=parent,
                       author=author, progress=progress, metrics=metrics)
 

@@ -85,7 +85,7 @@ def test_xor_planes_chain_round_trip(k, count, links, density, seed):
         versions.append(versions[-1] ^ _xor_pattern(rng, count * k, k, density))
     payloads = [native.xordelta_encode(versions[i + 1].tobytes(), versions[i].tobytes(), k) for i in range(links)]
     out = bytearray(versions[0].tobytes())
-    native.xordelta_apply(payloads, out)
+    native.xordelta_apply(payloads[::-1], out)  # top first
     assert bytes(out) == versions[-1].tobytes()
     one = bytearray(versions[-2].tobytes())  # the last link alone, through the codecs API
     codecs.xor_into(codecs.XOR_PLANES, payloads[-1], len(one), one)
@@ -142,11 +142,17 @@ def test_mixed_chain_of_old_and_new_deltas():
     v1 = (v0 * (1 + 1e-3 * rng.standard_normal(v0.size))).astype(np.float32)
     v2 = (v1 * (1 + 1e-3 * rng.standard_normal(v0.size))).astype(np.float32)
     dt = dtypes.get("F32")
-    links = [(codecs.XOR_BLOSC2, codecs.encode_delta(v1.tobytes(), v0.tobytes(), dt)),
-             codecs.encode_xor(v2.tobytes(), v1.tobytes(), dt)]
-    out = bytearray(v0.tobytes())
-    codecs.apply_deltas(links, len(out), out)
-    assert bytes(out) == v2.tobytes()
+    for older_on_top in (False, True):  # links top first; an old writer may have added the top one
+        if older_on_top:
+            links = [(codecs.XOR_BLOSC2, codecs.encode_delta(v2.tobytes(), v1.tobytes(), dt)),
+                     codecs.encode_xor(v1.tobytes(), v0.tobytes(), dt)]
+        else:
+            links = [codecs.encode_xor(v2.tobytes(), v1.tobytes(), dt),
+                     (codecs.XOR_BLOSC2, codecs.encode_delta(v1.tobytes(), v0.tobytes(), dt))]
+        assert any(p[2 + 6 * b] == 5 for e, p in links if e == codecs.XOR_PLANES for b in range(4))
+        out = bytearray(v0.tobytes())
+        codecs.apply_deltas(links, len(out), out)
+        assert bytes(out) == v2.tobytes()
 
 
 def test_corrupt_xor_planes_payloads_raise_or_leave_output_untouched():
@@ -190,7 +196,7 @@ def test_fused_chain_decode_matches_step_by_step(dtype):
         v.append((v[-1].astype(np.float32) * (1 + 1e-2 * rng.standard_normal(v[0].size))).astype(dt.numpy))
     enc, root = codecs.encode(v[0].tobytes(), dt)
     assert enc == codecs.SPLITHUFF
-    links = [codecs.encode_xor(v[i + 1].tobytes(), v[i].tobytes(), dt) for i in range(4)]
+    links = [codecs.encode_xor(v[i + 1].tobytes(), v[i].tobytes(), dt) for i in range(4)][::-1]  # top first
     fused = bytearray(v[0].nbytes)
     codecs.decode_chain(enc, root, links, len(fused), fused)
     assert bytes(fused) == v[-1].tobytes()
@@ -372,3 +378,36 @@ def test_corrupt_split_huffman_planes_raise():
             codecs.xor_into(codecs.XOR_PLANES, bytes(bad), len(a), out)
         except IntegrityError:
             assert bytes(out) == a
+
+
+def test_planes_below_a_value_plane_are_not_read():
+    """An incompressible plane is stored as the chunk's own bytes (method 5), so decoding
+    takes it from the topmost link that has it and never reads that plane of the records
+    below: garbage there changes nothing (a reader that XORed through would decode wrong)."""
+    dt = dtypes.get("F32")
+    rng = np.random.default_rng(14)
+    v = [(rng.standard_normal(50_000) * 0.02).astype(np.float32)]
+    for _ in range(2):
+        v.append((v[-1] * (1 + 1e-3 * rng.standard_normal(v[0].size))).astype(np.float32))
+    enc, root = codecs.encode(v[0].tobytes(), dt)
+    links = [codecs.encode_xor(v[i + 1].tobytes(), v[i].tobytes(), dt)[1] for i in range(2)][::-1]  # top first
+    assert links[0][2] == 5 and links[1][2] == 5 and root[2] == 0  # plane 0: value, value, raw
+    count = v[0].size
+    start = 2 + 6 * 4  # plane 0's bytes follow the header in every record
+
+    def garbled(payload):
+        b = bytearray(payload)
+        b[start:start + count] = rng.integers(0, 256, count, dtype=np.uint8).tobytes()
+        return bytes(b)
+
+    for lower in ([links[1]], []):  # the link below the top, and/or the root
+        out = bytearray(v[0].nbytes)
+        low = [garbled(p) for p in lower] or links[1:]
+        codecs.decode_chain(enc, garbled(root) if not lower else root, [(codecs.XOR_PLANES, p) for p in links[:1] + low],
+                            len(out), out)
+        assert bytes(out) == v[-1].tobytes()
+    # the top link's own value plane is read: garbling it changes the output
+    out = bytearray(v[0].nbytes)
+    codecs.decode_chain(enc, root, [(codecs.XOR_PLANES, garbled(links[0])), (codecs.XOR_PLANES, links[1])],
+                        len(out), out)
+    assert bytes(out) != v[-1].tobytes()

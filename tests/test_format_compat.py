@@ -37,7 +37,7 @@ def test_golden_store_exists():
 
 
 def test_first_commit_into_an_older_store_records_the_extension(tmp_path):
-    """A store written before xor-planes plane method 4 gets the "split-huffman"
+    """A store written before xor-planes plane methods 4 and 5 gets the "xor-planes-2"
     extension in config.json with its first new commit (readers without it then refuse
     the store up front), keeps every other key, and stays readable."""
     import json
@@ -53,6 +53,6 @@ def test_first_commit_into_an_older_store_records_the_extension(tmp_path):
         assert json.loads((copy / "config.json").read_text()) == before
         s.commit(golden_tensors(3), model="golden")
     after = json.loads((copy / "config.json").read_text())
-    assert after == {**before, "extensions": {"split-huffman": 1}}
+    assert after == {**before, "extensions": {"xor-planes-2": 1}}
     with Store.open(copy) as s:
         assert [v.number for v in s.log("golden")] == [1, 2, 3, 4] and s.fsck()["ok"]

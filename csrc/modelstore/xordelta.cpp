@@ -20,7 +20,7 @@ namespace xordelta {
 namespace {
 
 constexpr size_t kPlaneHeader = 6;  // method, constant, u32 size
-enum Method : uint8_t { kRaw = 0, kSplit = 1, kConst = 2, kZrh = 3, kSplitLow = 4 };
+enum Method : uint8_t { kRaw = 0, kSplit = 1, kConst = 2, kZrh = 3, kSplitLow = 4, kValue = 5 };
 
 using huffman::get_u32;
 
@@ -131,6 +131,24 @@ void xor_split(const uint8_t* cur, const uint8_t* base, size_t count, int k, uin
     }
 }
 
+
+// dst[i] = src[i*K + b]: plane b of the elements themselves (a strided gather the
+// compiler vectorizes for a constant stride).
+template <int K>
+void gather_plane(const uint8_t* __restrict src, size_t count, int b, uint8_t* __restrict dst) {
+    const uint8_t* s = src + b;
+    for (size_t i = 0; i < count; i++) dst[i] = s[i * K];
+}
+void value_plane(const uint8_t* src, size_t count, int k, int b, uint8_t* dst) {
+    switch (k) {
+        case 1: std::memcpy(dst, src, count); break;
+        case 2: gather_plane<2>(src, count, b, dst); break;
+        case 4: gather_plane<4>(src, count, b, dst); break;
+        case 8: gather_plane<8>(src, count, b, dst); break;
+        default:
+            for (size_t i = 0; i < count; i++) dst[i] = src[i * size_t(k) + size_t(b)];
+    }
+}
 
 // Zero bytes of a plane and whether all its bytes are equal, 8 bytes at a time.
 void scan_plane(const uint8_t* p, size_t count, size_t* zeros, bool* same) {
@@ -283,7 +301,7 @@ size_t encode_huffman(const uint8_t* p, size_t count, const HuffChoice& h, uint8
 }
 
 struct Scratch {
-    std::vector<uint8_t> acc, tmp;
+    std::vector<uint8_t> acc, tmp, base;  // base: a decoded base's planes (apply() only)
     std::vector<std::vector<uint8_t>> tmps;  // decoded Huffman planes waiting to be XORed
 };
 thread_local Scratch scratch;  // reused per thread: fresh 4 MiB buffers cost page faults
@@ -341,7 +359,12 @@ size_t encode(const uint8_t* cur, const uint8_t* base, size_t n, int k, uint8_t*
                 size = encode_huffman(p, count, h, tmp, out);
             }
         }
-        if (method == kRaw && size) std::memcpy(out, p, count);
+        if (method == kRaw && size) {
+            // An incompressible plane is stored as the chunk's own bytes rather than the
+            // XOR (the same size): a reader then needs no record below this one for it.
+            method = kValue;
+            value_plane(cur, count, k, b, out);
+        }
         splithuff::put_plane_header(hdr, b, method, constant, size);
         out += size;
     }
@@ -393,9 +416,10 @@ void parse_record(const uint8_t* src, size_t size, int k, size_t count, bool roo
             for (size_t i = (size_t(256) >> constant) / 2; i < splithuff::kLengths; i++)
                 if (data[i]) fail("bad code length");
             part = Part{method, constant, data, psize - lb, data + psize - lb};
-        } else if (method > (root ? kConst : kZrh)) {
+        } else if (method > (root ? kConst : kValue)) {
             fail("unknown plane method");
         }
+        if ((part.method == kRaw || part.method == kValue) && part.size != count) fail("raw plane has the wrong size");
         if (part.method == kConst && part.size) fail("constant plane with data");
         parts[b] = part;
         data += psize;
@@ -461,13 +485,32 @@ void apply_impl(const uint8_t* root, size_t root_size, const uint8_t* const* pay
     std::vector<std::vector<const uint8_t*>> srcs;
     srcs.resize(size_t(k));
     std::vector<uint8_t> consts(size_t(k), 0), filled(size_t(k), 0);
+    // Links come top first. Plane b's value is fixed by its first kValue link (or the
+    // root): the records below it are not read for that plane.
+    std::vector<size_t> top(size_t(k), nrec);
+    bool any_value = false, all_value = true;
+    for (int b = 0; b < k; b++) {
+        for (size_t r = 0; r < m && top[size_t(b)] == nrec; r++)
+            if (parts[r * size_t(k) + size_t(b)].method == kValue) top[size_t(b)] = r;
+        if (root && top[size_t(b)] == nrec) top[size_t(b)] = m;
+        any_value |= top[size_t(b)] < nrec;
+        all_value &= top[size_t(b)] < nrec;
+    }
+    // Without a root, `out` holds the decoded base: it is XORed into (no value planes),
+    // else its planes join as raw sources where no link gives the value.
+    const bool xor_merge = !root && !any_value;
+    if (!root && any_value && !all_value) {
+        if (sc.base.size() < n) sc.base.resize(n);
+        splithuff::split(out, count, k, sc.base.data());
+        for (int b = 0; b < k; b++)
+            if (top[size_t(b)] == nrec) srcs[size_t(b)].push_back(sc.base.data() + size_t(b) * count);
+    }
     size_t tmps = 0;
     for (int b = 0; b < k; b++) {
         uint8_t* a = acc + size_t(b) * count;
-        for (size_t r = 0; r < nrec; r++) {
+        for (size_t r = 0; r < nrec && r <= top[size_t(b)]; r++) {
             const Part& p = parts[r * size_t(k) + size_t(b)];
-            if (p.method == kRaw) {
-                if (p.size != count) throw std::runtime_error("xordelta: raw plane has the wrong size");
+            if (p.method == kRaw || p.method == kValue) {
                 srcs[b].push_back(p.data);
             } else if (p.method == kConst) {
                 consts[b] ^= p.constant;
@@ -490,16 +533,14 @@ void apply_impl(const uint8_t* root, size_t root_size, const uint8_t* const* pay
     for (int b = 0; b < k; b++) {
         uint8_t* a = acc + size_t(b) * count;
         xor_many(a, filled[b], srcs[b].data(), srcs[b].size(), consts[b], count);
-        for (size_t r = 0; r < nrec; r++) {
+        for (size_t r = 0; r < nrec && r <= top[size_t(b)]; r++) {
             const Part& p = parts[r * size_t(k) + size_t(b)];
             if (p.method == kZrh) zerorun::apply(p.data, p.size, a, count);
         }
     }
-    if (root)
-        splithuff::merge(acc, count, k, out);
-    else
-        splithuff::merge(acc, count, k, out, true);
+    splithuff::merge(acc, count, k, out, xor_merge);
     splithuff::trim_scratch(sc.acc);
+    splithuff::trim_scratch(sc.base);
     for (auto& t : sc.tmps) splithuff::trim_scratch(t);
 }
 

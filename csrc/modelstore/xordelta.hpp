@@ -7,8 +7,8 @@
 // planes), split Huffman (the high bits coded, the low bits raw: faster still) or zero-run
 // Huffman (literals 1..255 plus zero-run-length tokens: well below one bit per byte on
 // sparse planes, where a byte Huffman code cannot go under one bit).
-// Decoding XORs any number of links into one accumulator in the plane domain and merges it
-// into the output once, so a chain of deltas costs one merge, not one per link; per plane,
+// Decoding XORs any number of links (down to the first that holds a plane's value) into one
+// accumulator in the plane domain and merges it into the output once, so a chain of deltas costs one merge, not one per link; per plane,
 // the raw and decoded planes of all links XOR in one cache-blocked pass. The Huffman
 // coding is huffman.hpp's (shared with splithuff), the zero-run coder is zerorun.hpp.
 //
@@ -24,6 +24,10 @@
 //            A stream is tokens until its segment is full, padded to a byte. Symbol 1..255
 //            is a literal byte; symbol 256 + b is a run of L zero bytes with 2^b <= L <
 //            2^(b+1), followed by b raw bits holding L - 2^b. Symbol 0 is unused.
+//   method 5 value: `size` == count bytes, plane b of this chunk itself (not the XOR): how
+//            an incompressible plane is stored (the same size as raw), so a reader takes
+//            the plane from the topmost link that has it as a value and skips the planes
+//            below (on a long chain, most of the bytes it would otherwise XOR through).
 //   method 4 split Huffman: `constant` holds L (2 or 4). The high 8 - L bits of each byte
 //            as a method-1 Huffman plane (128 bytes of code lengths, only symbols below
 //            2^(8 - L) used || u32 sizes of streams 0..2 || 4 streams) || the low L bits of
@@ -46,13 +50,14 @@ size_t bound(size_t n, int k);
 // (a Huffman plane decodes ~10x slower than a raw one). Returns the encoded size.
 size_t encode(const uint8_t* cur, const uint8_t* base, size_t n, int k, uint8_t* dst, double min_gain = 0.0);
 
-// XOR the deltas of m payloads into out (n bytes, holding the decoded base). XOR commutes,
-// so the links of a chain may come in any order. Throws std::runtime_error on any
+// Apply m payloads, the links of a chain top first, to out (n bytes, holding the decoded
+// base): a plane XORs in, or, stored as a value (method 5), replaces the plane of the
+// base and of every link below it, which are then not read. Throws std::runtime_error on any
 // corruption, before `out` is modified (never reads or writes out of bounds).
 void apply(const uint8_t* const* payloads, const size_t* sizes, size_t m, uint8_t* out, size_t n);
 
 // A whole chain into out (n bytes): its root, a splithuff payload, decoded straight into
-// the plane accumulator, then the m links XORed in, then one interleave. Same errors as
+// the plane accumulator, then the m links (top first) applied, then one interleave. Same errors as
 // apply(); `out` is written only on success.
 void decode_chain(const uint8_t* root, size_t root_size, const uint8_t* const* payloads, const size_t* sizes,
                   size_t m, uint8_t* out, size_t n);
