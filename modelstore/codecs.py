@@ -152,8 +152,8 @@ def apply_deltas(links, raw_len: int, data) -> None:
 
 def decode_chain(root_encoding: int, root_payload, links, raw_len: int, out) -> None:
     """Decode a delta chain into `out`: its plain root record, then every delta link
-    [(encoding, payload)], top first. A splithuff root under xor-planes links decodes in one native
-    pass in the plane domain (one interleave for the whole chain)."""
+    [(encoding, payload)], top first. A splithuff root under xor-planes links decodes in
+    one native pass in the plane domain (one interleave for the whole chain)."""
     if (root_encoding == SPLITHUFF and _native is not None and links
             and all(e == XOR_PLANES for e, _ in links)):
         return _apply_planes([p for _, p in links], raw_len, out, root=root_payload)

@@ -403,8 +403,8 @@ def test_planes_below_a_value_plane_are_not_read():
     for lower in ([links[1]], []):  # the link below the top, and/or the root
         out = bytearray(v[0].nbytes)
         low = [garbled(p) for p in lower] or links[1:]
-        codecs.decode_chain(enc, garbled(root) if not lower else root, [(codecs.XOR_PLANES, p) for p in links[:1] + low],
-                            len(out), out)
+        chain = [(codecs.XOR_PLANES, p) for p in links[:1] + low]
+        codecs.decode_chain(enc, garbled(root) if not lower else root, chain, len(out), out)
         assert bytes(out) == v[-1].tobytes()
     # the top link's own value plane is read: garbling it changes the output
     out = bytearray(v[0].nbytes)

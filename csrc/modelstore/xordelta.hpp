@@ -6,11 +6,13 @@
 // smallest: raw, constant, splithuff (byte Huffman, 4 interleaved streams: fast for dense
 // planes), split Huffman (the high bits coded, the low bits raw: faster still) or zero-run
 // Huffman (literals 1..255 plus zero-run-length tokens: well below one bit per byte on
-// sparse planes, where a byte Huffman code cannot go under one bit).
-// Decoding XORs any number of links (down to the first that holds a plane's value) into one
-// accumulator in the plane domain and merges it into the output once, so a chain of deltas costs one merge, not one per link; per plane,
-// the raw and decoded planes of all links XOR in one cache-blocked pass. The Huffman
-// coding is huffman.hpp's (shared with splithuff), the zero-run coder is zerorun.hpp.
+// sparse planes, where a byte Huffman code cannot go under one bit); an incompressible
+// plane is stored as the chunk's own bytes (a value), which ends the chain for that plane.
+// Decoding XORs any number of links (per plane, down to the first value) into one
+// accumulator in the plane domain and merges it into the output once, so a chain of deltas
+// costs one merge, not one per link; per plane, the raw and decoded planes of all links XOR
+// in one cache-blocked pass. The Huffman coding is huffman.hpp's (shared with splithuff),
+// the zero-run coder is zerorun.hpp.
 //
 // Payload layout (little-endian):
 //   u8 version (=1) || u8 k || k x { u8 method, u8 constant, u32 size } || plane data...
