@@ -1,8 +1,9 @@
-"""Regenerate tests/data/store-v1: a tiny store written by format version 1.
+"""Regenerate a golden store: a tiny store written by this format version and writer.
 
-Run only when the format changes on purpose (and bump FORMAT_VERSION):
-    python tests/data/make_golden.py
-test_format_compat.py reads the committed copy forever, so older stores stay readable.
+Run only when the format changes on purpose (and bump FORMAT_VERSION, or add an extension):
+    python tests/data/make_golden.py [NAME]     # NAME: store-v1 (default), store-v1-xor-planes-2, ...
+test_format_compat.py reads every committed copy forever, so older stores stay readable.
+tests/data/store-v1 predates xor-planes plane methods 4 and 5; store-v1-xor-planes-2 has them.
 """
 
 import shutil
@@ -41,7 +42,7 @@ def golden_tensors(step: int):
 
 
 def main() -> None:
-    target = HERE / "store-v1"
+    target = HERE / (sys.argv[1] if len(sys.argv) > 1 else "store-v1")
     if target.exists():
         shutil.rmtree(target)
     s = Store.init(target, chunk_target_bytes=1024, delta_depth=2)
