@@ -83,6 +83,7 @@ def bench_model(report, label: str, dtype: str, nbytes: int, tmp: Path) -> None:
     f = tmp / f"{label}.safetensors"
     t_save, _ = _timed(lambda: save_file(sd, str(f)))
     load_file(str(f))  # warm the page cache for both sides
+    os.sync()  # the checkpoint was written before: its writeback must not land on what is timed next
     t_load, _ = _timed(lambda: load_file(str(f)))
     t_z, z_ratio = _zstd3(f)
 
