@@ -38,6 +38,15 @@ def run_cli(*args, store=None, cwd=None, env=None, check=None):
     return proc
 
 
+def run_python(script: str) -> str:
+    """Run `script` in a fresh interpreter that imports this checkout's modelstore; its
+    stdout (the script must succeed)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
 def assert_one_line_error(proc, code=1, contains=None):
     assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
     err = proc.stderr.strip()

@@ -22,7 +22,7 @@ from modelstore.diff import FileSide, diff, diff_files, diff_sides
 from modelstore.errors import InvalidInputError, NotFoundError
 from modelstore.store import Store
 
-from conftest import ROOT, assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, run_cli, run_python
 
 BF16 = ml_dtypes.bfloat16
 REQUIRED_TENSOR_KEYS = {"name", "status", "shape_a", "shape_b", "dtype_a", "dtype_b", "l2_delta", "rel_l2", "cosine",
@@ -575,10 +575,8 @@ def test_streaming_keeps_rss_bounded(tmp_path, no_release=False):
         assert d.tensor("w").status == "modified"
         print(hwm_mb() - base)
     """)
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr
-    grew_mb = float(out.stdout.strip())
+    stdout = run_python(script)
+    grew_mb = float(stdout.strip())
     assert grew_mb < 120, f"peak RSS grew by {grew_mb:.0f} MB for 2 x 192 MiB of input"
 
 

@@ -157,12 +157,9 @@ def test_checkout_memory_stays_bounded_by_a_few_chunks(tmp_path):
     """Checking out a 192 MiB version (plain records and a delta chain on top) grows the
     process's peak RSS by far less than the model: records are read (or mapped) one at a
     time and released, never the whole packs."""
-    import os
-    import subprocess
-    import sys
     import textwrap
 
-    from conftest import ROOT
+    from conftest import run_python
 
     rng = np.random.default_rng(3)
     w = (rng.standard_normal((48, 1 << 20), dtype=np.float32) * 0.02)  # 48 x 4 MiB
@@ -184,10 +181,8 @@ def test_checkout_memory_stays_bounded_by_a_few_chunks(tmp_path):
             s.checkout(ref, {str(tmp_path / 'out.safetensors')!r})
         print(hwm_mb() - base)
     """)
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr
-    grew_mb = float(out.stdout.strip())
+    stdout = run_python(script)
+    grew_mb = float(stdout.strip())
     assert grew_mb < 100, f"peak RSS grew by {grew_mb:.0f} MB checking out 192 MiB"
 
 
@@ -195,12 +190,9 @@ def test_float_model_commit_and_checkout_never_import_blosc2(tmp_path):
     """A float model's chunks are splithuff/xor-planes records and a small manifest is
     stored raw, so a short CLI commit or checkout of one does not pay blosc2's ~0.25 s
     import; the manifest still round-trips. Checked in a fresh interpreter."""
-    import os
-    import subprocess
-    import sys
     import textwrap
 
-    from conftest import ROOT
+    from conftest import run_python
 
     script = textwrap.dedent(f"""
         import sys
@@ -218,7 +210,5 @@ def test_float_model_commit_and_checkout_never_import_blosc2(tmp_path):
         assert got["w"].tobytes() == w["w"].tobytes()
         print("blosc2" in sys.modules)
     """)
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "False"
+    stdout = run_python(script)
+    assert stdout.strip() == "False"
