@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 import textwrap
 
 import ml_dtypes
@@ -22,7 +20,7 @@ from modelstore.diff import FileSide, diff, diff_files, diff_sides
 from modelstore.errors import InvalidInputError, NotFoundError
 from modelstore.store import Store
 
-from conftest import ROOT, assert_one_line_error, run_cli, run_python
+from conftest import assert_one_line_error, run_cli, run_python
 
 BF16 = ml_dtypes.bfloat16
 REQUIRED_TENSOR_KEYS = {"name", "status", "shape_a", "shape_b", "dtype_a", "dtype_b", "l2_delta", "rel_l2", "cosine",
