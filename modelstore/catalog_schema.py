@@ -103,6 +103,14 @@ _FILE_META_DDL = ("CREATE TABLE IF NOT EXISTS file_meta("
                   "version_id INTEGER PRIMARY KEY REFERENCES versions(id), json TEXT NOT NULL)")
 
 
+def file_meta_size(meta) -> int | None:
+    """Characters of keys and values of a file's metadata, or None unless it is a dict of
+    strings (what set_file_meta keeps; at most MAX_FILE_META)."""
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        return None
+    return sum(len(k) + len(v) for k, v in meta.items())
+
+
 def has_table(db: sqlite3.Connection, name: str) -> bool:
     return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
 

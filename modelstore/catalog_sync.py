@@ -27,7 +27,7 @@ from modelstore.catalog import (
     created_iso,
     now_iso,
 )
-from modelstore.catalog_schema import MAX_FILE_META, next_number, set_file_meta
+from modelstore.catalog_schema import MAX_FILE_META, file_meta_size, next_number, set_file_meta
 from modelstore.errors import (  # noqa: F401
     InvalidInputError,
     ModelstoreError,
@@ -238,11 +238,10 @@ def check_doc(doc) -> str:
         _text(c.get("text"), "comment", MAX_COMMENT, optional=False)
         _text(c.get("author"), "comment author", 200, optional=False)
         _text(c.get("created"), "comment time", 100, optional=False)
-    fm = doc.get("file_meta")
-    if fm is not None and not (isinstance(fm, dict) and all(isinstance(k, str) and isinstance(v, str)
-                                                             for k, v in fm.items())
-                               and sum(len(k) + len(v) for k, v in fm.items()) <= MAX_FILE_META):
-        raise InvalidInputError("sync document: file_meta must be an object of strings (at most 1 MiB)")
+    if "file_meta" in doc and doc["file_meta"] is not None:
+        size = file_meta_size(doc["file_meta"])
+        if size is None or size > MAX_FILE_META:
+            raise InvalidInputError("sync document: file_meta must be an object of strings (at most 1 MiB)")
     return cid
 
 

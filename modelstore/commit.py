@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from modelstore import annotate, chunking, codecs, dtypes, hashing, kernels
 from modelstore.catalog import META_KEY, VersionInfo, check_meta_key, check_model_name
-from modelstore.catalog_schema import MAX_FILE_META
+from modelstore.catalog_schema import MAX_FILE_META, file_meta_size
 from modelstore.checkout import scratch, settle, worker_pool
 from modelstore.chunkindex import Entry
 from modelstore.errors import InvalidInputError, ModelstoreError
@@ -382,11 +382,10 @@ def file_metadata(src) -> dict[str, str] | None:
     """A .safetensors file's own __metadata__, kept verbatim so `checkout` writes it back
     (its valid keys also become attributes); None for other sources or when oversized."""
     meta = src.metadata
-    if src.format != "safetensors" or not meta:
+    size = file_meta_size(meta) if src.format == "safetensors" and meta else None
+    if size is None:
         return None
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
-        return None
-    if sum(len(k) + len(v) for k, v in meta.items()) > MAX_FILE_META:
+    if size > MAX_FILE_META:
         raise InvalidInputError(f"the file's __metadata__ is larger than {MAX_FILE_META >> 20} MiB")
     return dict(meta)
 

@@ -180,7 +180,7 @@ class PackWriter:
             raise self._error
         parts = payload if isinstance(payload, list) else [payload]
         stored_len = sum(memoryview(p).nbytes for p in parts)
-        size = REC_HEADER.size + stored_len
+        size = record_size(stored_len)
         if self._fd < 0 or (self._pos > len(FILE_HEADER) and self._pos + size > self.max_bytes):
             self._open_pack()
         loc = Location(self._number, self._pos)
@@ -301,7 +301,7 @@ class PackReader:
 
     def read(self, cid: bytes, loc: Location, stored_len: int) -> tuple[int, int, bytes, memoryview]:
         """Return (encoding, raw_len, base, payload) of the record for `cid` at `loc`."""
-        size = REC_HEADER.size + stored_len
+        size = record_size(stored_len)
         buf = os.pread(self._fd(loc.pack), size, loc.offset)
         if len(buf) != size:
             raise IntegrityError(f"chunk {cid.hex()}: pack {loc.pack:08x} is truncated")
@@ -317,7 +317,7 @@ class PackReader:
         no pread copies). The map goes when the last view of it does, so the process's
         resident memory stays a few records, not the packs read so far. A record past the
         file's end is an IntegrityError, never a SIGBUS."""
-        end = loc.offset + REC_HEADER.size + stored_len
+        end = loc.offset + record_size(stored_len)
         if stored_len < self.MAP_FROM:
             return self.read(cid, loc, stored_len)
         fd = self._fd(loc.pack)
@@ -358,4 +358,4 @@ def scan(path: Path):
                 return
             yield offset, cid, enc, raw_len, slen, base
             f.seek(slen, os.SEEK_CUR)
-            offset += REC_HEADER.size + slen
+            offset += record_size(slen)
